@@ -1,0 +1,3 @@
+from deepops_infra.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""The `deepops` command. Only typer is imported here: every command loads what it needs."""
+
+import sys
+
+import typer
+
+from deepops_infra.cli import doctor, machines, pool
+from deepops_infra.errors import DeepopsError
+
+app = typer.Typer(
+    name="deepops",
+    help="Ephemeral GPU machines from pinned images, on the on-prem pool or the clouds.\n\n"
+    "Start with `deepops up --gpus 0 --ttl 30m`, then `deepops ls`, `deepops ssh ID`, `deepops down ID`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+machines.register(app)
+app.add_typer(pool.app, name="pool")
+app.add_typer(machines.images_app, name="images")
+app.command(name="doctor")(doctor.doctor)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"deepops: error: {message}\n")
+    raise SystemExit(code)
+
+
+def main() -> None:
+    """Run the CLI; every error is one line on stderr (2: bad input, nothing changed; 1: failure)."""
+    try:
+        result = app(standalone_mode=False)
+    except DeepopsError as exc:
+        _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 130)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except typer.TyperException as exc:  # click's usage errors, vendored by typer
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]
+            raise SystemExit(0) from None
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _fail(" ".join(message.split()) + hint, getattr(exc, "exit_code", 2))
+    raise SystemExit(result if isinstance(result, int) else 0)

@@ -1,0 +1,179 @@
+"""Where state lives and what IT has configured.
+
+Everything local lives under `$DEEPOPS_HOME` (default `~/.deepops`): the SQLite ledger, the
+configuration file, the on-prem pool file, Ansible's scratch files and the localhost workspaces.
+`DEEPOPS_LEDGER_URL` moves the ledger to PostgreSQL; `DEEPOPS_CONFIG` and `DEEPOPS_POOL` move
+the two files.
+"""
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from deepops_infra.durations import parse_duration
+from deepops_infra.yamlfile import FileError, Mapping, load_yaml
+
+CLOUDS = ("onprem", "aws", "gcp", "azure")
+TARGETS = (*CLOUDS, "auto")
+
+
+@dataclass(frozen=True)
+class TeamPolicy:
+    """What one team may request. Users cannot lift these from the command line."""
+
+    targets: tuple[str, ...] = CLOUDS
+    gpu_models: tuple[str, ...] = ("*",)
+    max_gpus_running: int = 8
+    max_ttl: timedelta = timedelta(days=7)
+    default_ttl: timedelta = timedelta(hours=8)
+    default_idle_timeout: timedelta = timedelta(hours=1)
+    max_idle_timeout: timedelta = timedelta(days=1)
+
+
+_POLICY_DURATIONS = ("max_ttl", "default_ttl", "default_idle_timeout", "max_idle_timeout")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    team: str = "default"
+    project: str = "default"
+    image: str = "cpu-minimal"
+    cloud: str = "onprem"
+    disk_gb: int = 100
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    defaults: Defaults = field(default_factory=Defaults)
+    default_policy: TeamPolicy = field(default_factory=TeamPolicy)
+    team_policies: dict[str, TeamPolicy] = field(default_factory=dict)
+    ledger_url: str | None = None
+    pool_file: Path | None = None
+
+    def policy_for(self, team: str) -> TeamPolicy:
+        return self.team_policies.get(team, self.default_policy)
+
+
+def _policy(raw: Any, base: TeamPolicy, path: Path, where: str) -> TeamPolicy:
+    if not isinstance(raw, Mapping):
+        raise FileError(path, getattr(raw, "line", 0), f"{where} must be a mapping of rules")
+    values: dict[str, Any] = {}
+    known = set(TeamPolicy.__dataclass_fields__)
+    for key, value in raw.items():
+        line = raw.line_of(key)
+        if key not in known:
+            raise FileError(path, line, f"unknown policy rule {key!r}; known: {', '.join(sorted(known))}")
+        if key in _POLICY_DURATIONS:
+            try:
+                values[key] = parse_duration(str(value), key)
+            except Exception as exc:
+                raise FileError(path, line, str(exc)) from None
+        elif key == "max_gpus_running":
+            if not isinstance(value, int) or value < 0:
+                raise FileError(path, line, "max_gpus_running must be a whole number >= 0")
+            values[key] = value
+        else:  # targets, gpu_models
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise FileError(path, line, f"{key} must be a list of names")
+            if key == "targets" and (bad := [v for v in value if v not in CLOUDS]):
+                raise FileError(path, line, f"unknown target {bad[0]!r}; known: {', '.join(CLOUDS)}")
+            values[key] = tuple(value)
+    policy = TeamPolicy(**{**base.__dict__, **values})
+    if policy.default_ttl > policy.max_ttl:
+        policy = TeamPolicy(**{**policy.__dict__, "default_ttl": policy.max_ttl})
+    if policy.default_idle_timeout > policy.max_idle_timeout:
+        policy = TeamPolicy(**{**policy.__dict__, "default_idle_timeout": policy.max_idle_timeout})
+    return policy
+
+
+def parse_config(raw: Any, path: Path) -> Config:
+    if raw is None:
+        return Config(path=path)
+    if not isinstance(raw, Mapping):
+        raise FileError(path, 1, "the configuration must be a mapping")
+    known = {"defaults", "policy", "ledger_url", "pool_file"}
+    for key in raw:
+        if key not in known:
+            raise FileError(path, raw.line_of(key), f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
+    defaults = Defaults()
+    if "defaults" in raw:
+        d = raw["defaults"]
+        if not isinstance(d, Mapping) or (bad := set(d) - set(Defaults.__dataclass_fields__)):
+            raise FileError(
+                path,
+                raw.line_of("defaults"),
+                f"defaults: unknown keys {sorted(bad) if isinstance(d, Mapping) else d!r}",
+            )
+        defaults = Defaults(**{**defaults.__dict__, **d})
+    default_policy, teams = TeamPolicy(), {}
+    if "policy" in raw:
+        pol = raw["policy"]
+        if not isinstance(pol, Mapping):
+            raise FileError(path, raw.line_of("policy"), "policy must have `default:` and/or `teams:`")
+        if "default" in pol:
+            default_policy = _policy(pol["default"], default_policy, path, "policy.default")
+        team_map = pol.get("teams") or Mapping()
+        if not isinstance(team_map, Mapping):
+            raise FileError(path, pol.line_of("teams"), "policy.teams must map team names to rules")
+        teams = {
+            str(name): _policy(rules, default_policy, path, f"policy.teams.{name}") for name, rules in team_map.items()
+        }
+    pool_file = Path(os.path.expanduser(raw["pool_file"])) if raw.get("pool_file") else None
+    return Config(
+        path=path,
+        defaults=defaults,
+        default_policy=default_policy,
+        team_policies=teams,
+        ledger_url=raw.get("ledger_url"),
+        pool_file=pool_file,
+    )
+
+
+@dataclass
+class Settings:
+    """Resolved locations for this invocation (environment first, then the config file)."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = os.environ.get("DEEPOPS_HOME") or "~/.deepops"
+        return cls(home=Path(os.path.expanduser(home)).absolute())
+
+    @property
+    def config_path(self) -> Path:
+        return Path(os.environ.get("DEEPOPS_CONFIG") or self.home / "config.yaml")
+
+    @cached_property
+    def config(self) -> Config:
+        path = self.config_path
+        if not path.exists():
+            return Config(path=None)
+        return parse_config(load_yaml(path), path)
+
+    @property
+    def ledger_url(self) -> str:
+        return os.environ.get("DEEPOPS_LEDGER_URL") or self.config.ledger_url or f"sqlite:///{self.home / 'ledger.db'}"
+
+    @property
+    def pool_path(self) -> Path:
+        env = os.environ.get("DEEPOPS_POOL")
+        return Path(env) if env else (self.config.pool_file or self.home / "pool.yaml")
+
+    @property
+    def workspaces(self) -> Path:
+        return self.home / "workspaces"
+
+    @property
+    def ansible_dir(self) -> Path:
+        return self.home / "ansible"
+
+    def ensure_home(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.home

@@ -1,0 +1,133 @@
+"""Opening the ledger: SQLite (WAL, busy timeout) or PostgreSQL, migrated by Alembic.
+
+The schema version is checked with one cheap query on every open; Alembic itself is imported
+only when a migration has to run, so read commands stay fast.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import Session, sessionmaker
+
+from deepops_infra.errors import UserError
+
+HEAD_REVISION = "0001"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (psycopg2 is not a dependency)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _sqlite_engine(url: str) -> Engine:
+    database = url.split("///", 1)[1] if "///" in url else ""
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        # Writers take the write lock up front: a deferred transaction that later writes can
+        # fail with SQLITE_BUSY instead of waiting, which would make two `up` race badly.
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise UserError(f"the ledger URL needs the {exc.name} driver: pip install 'deepops-infra[postgres]'") from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError) as exc:
+        if "alembic_version" in str(exc):
+            return None
+        raise
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to HEAD_REVISION (no-op, one query, when it is there)."""
+    if current_revision(engine) == HEAD_REVISION:
+        return
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Two processes migrating a fresh database at once must not both create tables.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7343001)"))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Ledger:
+    """The ledger database: one engine, sessions for reads and serialized write transactions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_url(url)
+        try:
+            self.engine = make_engine(self.url)
+            migrate(self.engine)
+        except OperationalError as exc:
+            raise UserError(f"cannot open the ledger at {self.safe_url}: {exc.orig}".splitlines()[0]) from None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that holds the write lock from its first statement (SQLite) and commits."""
+        with self._sessions() as session:
+            session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def close(self) -> None:
+        self.engine.dispose()

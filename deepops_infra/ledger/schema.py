@@ -1,0 +1,141 @@
+"""Ledger tables. Times are stored as UTC and always come back timezone-aware."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Money = Numeric(14, 6)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Machine(Base):
+    __tablename__ = "machines"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    cloud: Mapped[str] = mapped_column(String(16))
+    region: Mapped[str | None] = mapped_column(String(64))
+    host: Mapped[str | None] = mapped_column(String(128))
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    team: Mapped[str] = mapped_column(String(64), index=True)
+    project: Mapped[str] = mapped_column(String(64))
+    image: Mapped[str] = mapped_column(String(64))
+    image_pin: Mapped[str | None] = mapped_column(String(255))
+    accelerator: Mapped[str | None] = mapped_column(String(32))
+    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    provider_refs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    validation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    price_per_hour: Mapped[Decimal] = mapped_column(Money)
+    price_breakdown: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_machines_live", "ended_at", "created_at"),)
+
+
+class Event(Base):
+    """Append-only history: every transition and every action on a machine."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class UsageInterval(Base):
+    """A stretch of time a machine's resources existed, at its frozen hourly price."""
+
+    __tablename__ = "usage_intervals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    price_per_hour: Mapped[Decimal] = mapped_column(Money)
+    gpu_count: Mapped[int] = mapped_column(Integer)
+
+
+class GpuLease(Base):
+    """An on-prem GPU held by a machine. The partial unique index forbids double-booking."""
+
+    __tablename__ = "gpu_leases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"), index=True)
+    host: Mapped[str] = mapped_column(String(128))
+    gpu_index: Mapped[int] = mapped_column(Integer)
+    leased_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index(
+            "uq_gpu_leases_active",
+            "host",
+            "gpu_index",
+            unique=True,
+            sqlite_where=text("released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
+        ),
+    )
+
+
+class HostInventory(Base):
+    """The last GPU detection of a pool host."""
+
+    __tablename__ = "host_inventory"
+
+    host: Mapped[str] = mapped_column(String(128), primary_key=True)
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    gpus: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -1,0 +1,159 @@
+"""Ledger operations shared by every command: machines, their events, usage and costs."""
+
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from deepops_infra.errors import NotFoundError
+from deepops_infra.ledger.schema import Event, GpuLease, Machine, UsageInterval
+from deepops_infra.pricing import cost
+from deepops_infra.states import can_transition
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_machine_id() -> str:
+    return f"m-{secrets.token_hex(4)}"
+
+
+def add_event(
+    session: Session,
+    machine: Machine,
+    kind: str,
+    reason: str | None = None,
+    *,
+    to_status: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+    first: bool = False,
+) -> Event:
+    event = Event(
+        machine_id=machine.id,
+        at=at or now(),
+        kind=kind,
+        from_status=None if first else machine.status,
+        to_status=to_status,
+        reason=reason,
+        data=data,
+    )
+    session.add(event)
+    return event
+
+
+def transition(
+    session: Session,
+    machine: Machine,
+    status: str,
+    reason: str,
+    at: datetime | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Move a machine to a new status and append the event; refuses moves the lifecycle forbids."""
+    if not can_transition(machine.status, status):
+        raise ValueError(f"{machine.id}: {machine.status} -> {status} is not a lifecycle transition")
+    at = at or now()
+    add_event(session, machine, "transition", reason, to_status=status, data=data, at=at)
+    machine.status = status
+    machine.status_reason = reason
+
+
+def open_usage(session: Session, machine: Machine, at: datetime) -> None:
+    session.add(
+        UsageInterval(
+            machine_id=machine.id,
+            started_at=at,
+            ended_at=None,
+            price_per_hour=machine.price_per_hour,
+            gpu_count=machine.gpu_count,
+        )
+    )
+
+
+def close_usage(session: Session, machine: Machine, at: datetime) -> None:
+    for interval in session.scalars(
+        select(UsageInterval).where(UsageInterval.machine_id == machine.id, UsageInterval.ended_at.is_(None))
+    ):
+        interval.ended_at = max(at, interval.started_at)
+
+
+def find_machine(session: Session, ref: str, *, for_update: bool = False) -> Machine:
+    """By ID, or by name among machines that have not ended (names are reused after)."""
+    query = select(Machine).where(Machine.id == ref)
+    if for_update:
+        query = query.with_for_update()
+    machine = session.scalars(query).first()
+    if machine is None:
+        named = session.scalars(select(Machine).where(Machine.name == ref, Machine.ended_at.is_(None))).all()
+        if len(named) > 1:
+            raise NotFoundError(f"{ref!r} names {len(named)} machines; use the ID ({', '.join(m.id for m in named)})")
+        machine = named[0] if named else None
+    if machine is None:
+        raise NotFoundError(f"no machine {ref!r}; see `deepops ls --all`")
+    return machine
+
+
+def list_machines(session: Session, include_ended: bool = False, owner: str | None = None) -> list[Machine]:
+    query = select(Machine).order_by(Machine.created_at)
+    if not include_ended:
+        query = query.where(Machine.ended_at.is_(None))
+    if owner:
+        query = query.where(Machine.owner == owner)
+    return list(session.scalars(query))
+
+
+def live_name_taken(session: Session, name: str) -> bool:
+    return (
+        session.scalar(
+            select(func.count()).select_from(Machine).where(Machine.name == name, Machine.ended_at.is_(None))
+        )
+        > 0
+    )
+
+
+def running_gpus(session: Session, team: str) -> int:
+    """GPUs held right now by the team's machines that have not ended."""
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(Machine.gpu_count), 0)).where(
+                Machine.team == team, Machine.ended_at.is_(None)
+            )
+        )
+        or 0
+    )
+
+
+def costs(session: Session, machine_ids: Iterable[str], at: datetime | None = None) -> dict[str, Decimal]:
+    """Cost so far per machine, from its usage intervals at their frozen prices."""
+    ids = list(machine_ids)
+    at = at or now()
+    totals: dict[str, Decimal] = dict.fromkeys(ids, Decimal(0))
+    if not ids:
+        return totals
+    query = select(
+        UsageInterval.machine_id, UsageInterval.started_at, UsageInterval.ended_at, UsageInterval.price_per_hour
+    )
+    if len(ids) < 900:  # past that, one scan beats an IN list the database must parse
+        query = query.where(UsageInterval.machine_id.in_(ids))
+    for machine_id, start, end, price in session.execute(query):
+        if machine_id in totals:
+            totals[machine_id] += cost(Decimal(price), start, end or at)
+    return totals
+
+
+def events(session: Session, machine_id: str) -> list[Event]:
+    return list(session.scalars(select(Event).where(Event.machine_id == machine_id).order_by(Event.id)))
+
+
+def leased_gpus(session: Session, machine_id: str) -> list[int]:
+    return sorted(
+        session.scalars(
+            select(GpuLease.gpu_index).where(GpuLease.machine_id == machine_id, GpuLease.released_at.is_(None))
+        )
+    )

@@ -1,0 +1,265 @@
+"""The machine lifecycle, written once for every provider.
+
+requested -> provisioning -> configuring -> validating -> ready -> terminating -> terminated,
+with failed reachable before ready. The machine row (and its reservation) is committed before
+any provider call, every step is an event, and `terminated` is written only after the provider
+confirms the resources are gone.
+"""
+
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from deepops_infra import states
+from deepops_infra.config import Settings
+from deepops_infra.errors import DeepopsError, OperationError, UserError
+from deepops_infra.images import Image
+from deepops_infra.ledger import store
+from deepops_infra.ledger.db import Ledger
+from deepops_infra.ledger.schema import Machine
+from deepops_infra.policy import check_running, check_ttl
+from deepops_infra.progress import Progress
+from deepops_infra.providers.base import Plan, Provider, ProvisionError
+from deepops_infra.request import MachineRequest
+
+RESERVE_ATTEMPTS = 5
+
+
+@dataclass
+class Ended:
+    machine: Machine
+    cost: Decimal
+    ran_for: timedelta
+
+
+class Lifecycle:
+    def __init__(self, settings: Settings, ledger: Ledger, provider: Provider, progress: Progress) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.provider = provider
+        self.progress = progress
+
+    # -- up ----------------------------------------------------------------------------------
+
+    def record(self, request: MachineRequest, image: Image, plans: list[Plan]) -> Machine:
+        """Write the machine and its reservation in one transaction (intent before resources)."""
+        policy = self.settings.config.policy_for(request.team)
+        for attempt in range(RESERVE_ATTEMPTS):
+            try:
+                with self.ledger.write() as session:
+                    if self.ledger.dialect == "postgresql":
+                        # Serialize a team's requests so its GPU limit cannot be raced past.
+                        session.execute(
+                            text("SELECT pg_advisory_xact_lock(hashtext(:team))"),
+                            {"team": "deepops-team:" + request.team},
+                        )
+                    if request.name and store.live_name_taken(session, request.name):
+                        raise UserError(
+                            f"--name: a running machine is already called {request.name!r}; "
+                            "pick another name or end that machine first"
+                        )
+                    check_running(request, policy, store.running_gpus(session, request.team))
+                    at = store.now()
+                    machine = Machine(
+                        id=store.new_machine_id(),
+                        name=request.name,
+                        status=states.REQUESTED,
+                        cloud=plans[0].cloud,
+                        region=None,
+                        host=None,
+                        owner=request.owner,
+                        team=request.team,
+                        project=request.project,
+                        image=image.name,
+                        image_pin=plans[0].image_pin,
+                        accelerator=request.gpus.model,
+                        gpu_count=request.gpus.count,
+                        request=request.to_json(),
+                        plan={},
+                        provider_refs={},
+                        price_per_hour=plans[0].price.per_hour,
+                        price_breakdown=plans[0].price.to_json(),
+                        created_at=at,
+                        expires_at=at + request.ttl,
+                    )
+                    session.add(machine)
+                    session.flush()
+                    store.add_event(
+                        session,
+                        machine,
+                        "transition",
+                        "requested by " + request.owner,
+                        to_status=states.REQUESTED,
+                        data={"request": request.to_json()},
+                        at=at,
+                        first=True,
+                    )
+                    plan = self.provider.reserve(session, machine, plans)
+                    machine.plan = plan.to_json() | {"alternatives": len(plans) - 1}
+                    machine.cloud, machine.region, machine.host = plan.cloud, plan.region, plan.host
+                    machine.accelerator = plan.accelerator
+                    machine.image_pin = plan.image_pin
+                    machine.price_per_hour = plan.price.per_hour
+                    machine.price_breakdown = plan.price.to_json()
+                return machine
+            except IntegrityError:
+                if attempt == RESERVE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _step(self, machine: Machine, status: str, reason: str, **fields: Any) -> None:
+        with self.ledger.write() as session:
+            row = store.find_machine(session, machine.id, for_update=True)
+            if not states.can_transition(row.status, status):
+                raise OperationError(f"{machine.id} is {row.status} (changed by another command); stopping")
+            store.transition(session, row, status, reason)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            if status == states.PROVISIONING:
+                store.open_usage(session, row, store.now())
+        machine.status, machine.status_reason = status, reason
+        for key, value in fields.items():
+            setattr(machine, key, value)
+
+    def _save(self, machine: Machine, **fields: Any) -> None:
+        with self.ledger.write() as session:
+            row = store.find_machine(session, machine.id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+                setattr(machine, key, value)
+
+    def launch(self, machine: Machine, image: Image, keep_on_failure: bool = False) -> Machine:
+        """Take a recorded machine to ready; on any failure it ends `failed` and is torn down."""
+        created = False
+        try:
+            with self.progress.step(f"provisioning {machine.id} on {machine.host or machine.region}"):
+                self._step(machine, states.PROVISIONING, "creating resources")
+                try:
+                    refs = self.provider.create(machine, self.progress)
+                except ProvisionError as exc:
+                    created = exc.created
+                    raise
+                created = True
+                self._save(machine, provider_refs=refs)
+            with self.progress.step(f"configuring image {image.name}"):
+                self._step(machine, states.CONFIGURING, f"installing {image.name} ({machine.image_pin})")
+                self._save(machine, manifest=self.provider.configure(machine, image, self.progress))
+            with self.progress.step("validating"):
+                self._step(machine, states.VALIDATING, "checking the machine against the order")
+                result = self.provider.validate(machine, image, self.progress)
+                self._save(machine, validation=result)
+                if not result["passed"]:
+                    failed = "; ".join(c["name"] + ": " + c["detail"] for c in result["checks"] if not c["passed"])
+                    raise OperationError(f"validation failed: {failed}")
+            ready = store.now()
+            ttl = timedelta(seconds=machine.request["ttl"])
+            self._step(machine, states.READY, "ready", ready_at=ready, expires_at=ready + ttl)
+            return machine
+        except (DeepopsError, ProvisionError, KeyboardInterrupt, SystemExit) as exc:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else str(exc)
+            self.fail(machine, reason, teardown=not keep_on_failure, created=created)
+            if isinstance(exc, ProvisionError):
+                raise OperationError(f"{machine.id} failed: {exc}") from None
+            raise
+
+    def fail(self, machine: Machine, reason: str, teardown: bool = True, created: bool = True) -> None:
+        with self.ledger.write() as session:
+            row = store.find_machine(session, machine.id, for_update=True)
+            if states.can_transition(row.status, states.FAILED):
+                store.transition(session, row, states.FAILED, reason)
+                machine.status, machine.status_reason = states.FAILED, reason
+        if not teardown:
+            with self.ledger.write() as session:
+                row = store.find_machine(session, machine.id)
+                store.add_event(
+                    session,
+                    row,
+                    "kept",
+                    f"kept for debugging (--keep-on-failure); end it with `deepops down {machine.id} --yes`",
+                )
+            return
+        with self.progress.step(f"tearing down {machine.id}"):
+            self._teardown(machine, "teardown after failure")
+
+    # -- down --------------------------------------------------------------------------------
+
+    def _teardown(self, machine: Machine, reason: str) -> None:
+        """Destroy through the provider; close the record only once that is confirmed."""
+        try:
+            self.provider.destroy(machine, self.progress)
+        except DeepopsError as exc:
+            with self.ledger.write() as session:
+                row = store.find_machine(session, machine.id)
+                store.add_event(session, row, "teardown-failed", str(exc))
+            raise
+        with self.ledger.write() as session:
+            row = store.find_machine(session, machine.id, for_update=True)
+            at = store.now()
+            if row.status == states.TERMINATING:
+                store.transition(session, row, states.TERMINATED, reason, at=at)
+            else:
+                store.add_event(session, row, "teardown", reason + ": resources confirmed gone", at=at)
+            row.ended_at = at
+            store.close_usage(session, row, at)
+            self.provider.release_reservation(session, row, at)
+            machine.status, machine.ended_at = row.status, at
+
+    def down(self, machine: Machine, reason: str) -> Ended:
+        with self.ledger.write() as session:
+            row = store.find_machine(session, machine.id, for_update=True)
+            if row.ended_at is not None:
+                raise UserError(f"{row.id} already ended ({row.status} at {row.ended_at:%Y-%m-%d %H:%M}Z)")
+            if row.status != states.FAILED and row.status != states.TERMINATING:
+                store.transition(session, row, states.TERMINATING, reason)
+            machine.status = row.status
+        with self.progress.step(f"releasing {machine.id} on {machine.host or machine.region}"):
+            self._teardown(machine, reason)
+        with self.ledger.read() as session:
+            spent = store.costs(session, [machine.id])[machine.id]
+        start = machine.created_at
+        return Ended(machine, spent, (machine.ended_at or store.now()) - start)
+
+    # -- extend ------------------------------------------------------------------------------
+
+    def extend(self, ref: str, ttl: timedelta) -> Machine:
+        with self.ledger.write() as session:
+            machine = store.find_machine(session, ref, for_update=True)
+            if machine.ended_at is not None or machine.status in (states.FAILED, states.TERMINATING):
+                raise UserError(f"{machine.id} is {machine.status}; only a live machine can be extended")
+            at = store.now()
+            new_expiry = max(machine.expires_at, at) + ttl
+            lifetime = new_expiry - (machine.ready_at or machine.created_at)
+            check_ttl(
+                lifetime, self.settings.config.policy_for(machine.team), machine.team, what="the machine's lifetime"
+            )
+            store.add_event(
+                session,
+                machine,
+                "extend",
+                f"extended by {ttl}",
+                data={"from": machine.expires_at.isoformat(), "to": new_expiry.isoformat()},
+                at=at,
+            )
+            machine.expires_at = new_expiry
+            return machine
+
+
+def cost_line(ended: Ended) -> str:
+    from deepops_infra.durations import format_duration
+    from deepops_infra.pricing import dollars, price_text
+
+    m = ended.machine
+    parts = m.price_breakdown
+    basis = (
+        f"host {parts['host_hour']}/h + {parts['gpus']} GPU x {parts['gpu_hour']}/h"
+        if "host_hour" in parts
+        else f"{m.price_per_hour}/h"
+    )
+    return (
+        f"{m.id} {m.status} after {format_duration(ended.ran_for)}: {dollars(ended.cost)} "
+        f"at {price_text(m.price_per_hour)}/h ({basis})"
+    )

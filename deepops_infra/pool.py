@@ -1,0 +1,252 @@
+"""The on-prem pool: hosts that leases are carved from, read from a YAML file IT edits.
+
+`localhost` is in the pool unless the file says `include_localhost: false`. A host either has
+its GPUs detected (optionally restricted with `gpu_indexes`) or declares them under `gpus:`
+where detection is not possible. Hourly rates are required: on-prem time is never free.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deepops_infra.accelerators import canonical_model
+from deepops_infra.errors import NotFoundError, UserError
+from deepops_infra.yamlfile import FileError, Mapping, Sequence, load_yaml
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+DEFAULT_LOCAL_RATES = {"gpu_hour": 1.0, "host_hour": 0.05}
+
+
+@dataclass(frozen=True)
+class DeclaredGpu:
+    index: int
+    model: str
+    memory_mib: int | None = None
+
+
+@dataclass(frozen=True)
+class PoolHost:
+    name: str
+    connection: str  # "local" or "ssh"
+    address: str = "127.0.0.1"
+    user: str | None = None
+    port: int = 22
+    key: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    gpu_hour: float = DEFAULT_LOCAL_RATES["gpu_hour"]
+    host_hour: float = DEFAULT_LOCAL_RATES["host_hour"]
+    gpu_indexes: tuple[int, ...] | None = None  # restricts detected GPUs
+    declared_gpus: tuple[DeclaredGpu, ...] | None = None  # replaces detection
+    workspace_root: str | None = None
+    python: str = "python3"
+
+    @property
+    def detects_gpus(self) -> bool:
+        return self.declared_gpus is None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "connection": self.connection}
+        if self.connection == "ssh":
+            out |= {"address": self.address, "port": self.port}
+            if self.user:
+                out["user"] = self.user
+            if self.key:
+                out["key"] = self.key
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        out["rates"] = {"gpu_hour": self.gpu_hour, "host_hour": self.host_hour}
+        if self.gpu_indexes is not None:
+            out["gpu_indexes"] = list(self.gpu_indexes)
+        if self.declared_gpus is not None:
+            out["gpus"] = [
+                {"index": g.index, "model": g.model} | ({"memory_mib": g.memory_mib} if g.memory_mib else {})
+                for g in self.declared_gpus
+            ]
+        if self.workspace_root:
+            out["workspace_root"] = self.workspace_root
+        if self.python != "python3":
+            out["python"] = self.python
+        return out
+
+
+LOCALHOST = PoolHost(name="localhost", connection="local")
+_HOST_KEYS = {
+    "name",
+    "connection",
+    "address",
+    "user",
+    "port",
+    "key",
+    "labels",
+    "rates",
+    "gpu_indexes",
+    "gpus",
+    "workspace_root",
+    "python",
+}
+
+
+def _host(raw: Any, path: Path, line: int) -> PoolHost:
+    if not isinstance(raw, Mapping):
+        raise FileError(path, line, "each host must be a mapping with at least `name` and `connection`")
+    at = raw.line_of
+    for key in raw:
+        if key not in _HOST_KEYS:
+            raise FileError(path, at(key), f"unknown host setting {key!r}; known: {', '.join(sorted(_HOST_KEYS))}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise FileError(path, at("name"), "host `name` is required: lower-case letters, digits, '.' and '-'")
+    connection = raw.get("connection", "local" if name == "localhost" else "ssh")
+    if connection not in ("local", "ssh"):
+        raise FileError(path, at("connection"), f"connection must be `local` or `ssh`, not {connection!r}")
+    address = raw.get("address", "127.0.0.1" if connection == "local" else None)
+    if not isinstance(address, str) or not address:
+        raise FileError(path, raw.line, f"host {name!r}: an ssh host needs `address`")
+    port = raw.get("port", 22)
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise FileError(path, at("port"), f"port must be a number from 1 to 65535, not {port!r}")
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise FileError(path, at("labels"), "labels must be a mapping of names to values")
+    rates = raw.get("rates")
+    if rates is None and name == "localhost":
+        rates = DEFAULT_LOCAL_RATES
+    if not isinstance(rates, dict):
+        raise FileError(
+            path,
+            at("rates") if "rates" in raw else raw.line,
+            f"host {name!r}: `rates: {{gpu_hour: N, host_hour: N}}` is required (USD per hour; "
+            "on-prem time is never priced at zero)",
+        )
+    parsed_rates = {}
+    for key in ("gpu_hour", "host_hour"):
+        value = rates.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise FileError(
+                path,
+                rates.line_of(key) if isinstance(rates, Mapping) else at("rates"),
+                f"rates.{key} must be a positive number of USD per hour (on-prem time is never priced at zero)",
+            )
+        parsed_rates[key] = float(value)
+    gpu_indexes = raw.get("gpu_indexes")
+    if gpu_indexes is not None:
+        if not isinstance(gpu_indexes, list) or not all(isinstance(i, int) and i >= 0 for i in gpu_indexes):
+            raise FileError(path, at("gpu_indexes"), "gpu_indexes must be a list of GPU index numbers, e.g. [0, 1]")
+        gpu_indexes = tuple(sorted(set(gpu_indexes)))
+    declared = None
+    if "gpus" in raw:
+        gpus = raw["gpus"]
+        if not isinstance(gpus, Sequence):
+            raise FileError(path, at("gpus"), "gpus must be a list of {index: N, model: NAME}")
+        declared = []
+        for item, item_line in zip(gpus, gpus.item_lines, strict=True):
+            if not isinstance(item, dict) or not isinstance(item.get("index"), int) or item["index"] < 0:
+                raise FileError(path, item_line, "each declared GPU needs `index` (a number >= 0) and `model`")
+            model = canonical_model(str(item.get("model", "")))
+            if model is None:
+                raise FileError(
+                    path,
+                    item_line,
+                    f"unknown GPU model {item.get('model')!r}; see `deepops gpus --models` for the known names",
+                )
+            declared.append(DeclaredGpu(item["index"], model, item.get("memory_mib")))
+        if len({g.index for g in declared}) != len(declared):
+            raise FileError(path, at("gpus"), "a GPU index is declared twice")
+        if gpu_indexes is not None:
+            declared = [g for g in declared if g.index in gpu_indexes]
+        declared = tuple(declared)
+    workspace_root = raw.get("workspace_root")
+    if workspace_root is not None and (
+        not isinstance(workspace_root, str) or not (workspace_root.startswith("/") or workspace_root.startswith("~"))
+    ):
+        raise FileError(path, at("workspace_root"), "workspace_root must be an absolute path (or start with ~)")
+    return PoolHost(
+        name=name,
+        connection=connection,
+        address=address,
+        user=raw.get("user"),
+        port=port,
+        key=raw.get("key"),
+        labels={str(k): str(v) for k, v in labels.items()},
+        gpu_hour=parsed_rates["gpu_hour"],
+        host_hour=parsed_rates["host_hour"],
+        gpu_indexes=gpu_indexes,
+        declared_gpus=declared,
+        workspace_root=workspace_root,
+        python=str(raw.get("python", "python3")),
+    )
+
+
+@dataclass
+class Pool:
+    path: Path
+    hosts: list[PoolHost]
+    include_localhost: bool = True
+
+    def get(self, name: str) -> PoolHost:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        known = ", ".join(h.name for h in self.hosts) or "none"
+        raise NotFoundError(f"unknown host {name!r}; hosts in the pool: {known} (see `deepops pool ls`)")
+
+    def save(self) -> None:
+        """Rewrite the pool file atomically (comments are not kept)."""
+        body: dict[str, Any] = {}
+        if not self.include_localhost:
+            body["include_localhost"] = False
+        explicit = [h for h in self.hosts if not (h == LOCALHOST and self.include_localhost)]
+        body["hosts"] = [h.to_dict() for h in explicit]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(
+            "# deepops on-prem pool; see README.md, section 'On-prem pool'\n" + yaml.safe_dump(body, sort_keys=False)
+        )
+        os.replace(tmp, self.path)
+
+
+def load_pool(path: Path) -> Pool:
+    """Read the pool file (missing file: just localhost). Errors name the line."""
+    if not path.exists():
+        return Pool(path=path, hosts=[LOCALHOST])
+    raw = load_yaml(path)
+    if raw is None:
+        return Pool(path=path, hosts=[LOCALHOST])
+    if not isinstance(raw, Mapping):
+        raise FileError(path, 1, "the pool file must be a mapping with a `hosts:` list")
+    for key in raw:
+        if key not in ("hosts", "include_localhost"):
+            raise FileError(path, raw.line_of(key), f"unknown pool setting {key!r}; known: hosts, include_localhost")
+    include_localhost = raw.get("include_localhost", True)
+    if not isinstance(include_localhost, bool):
+        raise FileError(path, raw.line_of("include_localhost"), "include_localhost must be true or false")
+    entries = raw.get("hosts") or Sequence()
+    if not isinstance(entries, Sequence):
+        raise FileError(path, raw.line_of("hosts"), "`hosts` must be a list of host entries")
+    hosts: list[PoolHost] = []
+    for entry, line in zip(entries, entries.item_lines, strict=True):
+        host = _host(entry, path, line)
+        if any(h.name == host.name for h in hosts):
+            raise FileError(path, line, f"host {host.name!r} is listed twice")
+        hosts.append(host)
+    if include_localhost and not any(h.name == "localhost" for h in hosts):
+        hosts.insert(0, LOCALHOST)
+    return Pool(path=path, hosts=hosts, include_localhost=include_localhost)
+
+
+def parse_host_entry(entry: dict[str, Any], path: Path) -> PoolHost:
+    """Validate one host given on the command line (`pool add`) with the file's rules."""
+    raw = Mapping(entry)
+    raw.line, raw.key_lines = 0, {}
+    if isinstance(entry.get("rates"), dict):
+        rates = Mapping(entry["rates"])
+        rates.line, rates.key_lines = 0, {}
+        raw["rates"] = rates
+    try:
+        return _host(raw, path, 0)
+    except FileError as exc:
+        raise UserError(str(exc).split(": ", 1)[1]) from None

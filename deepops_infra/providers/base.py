@@ -1,0 +1,127 @@
+"""The one interface every target implements; lifecycle, reaper, costs and CLI use only this.
+
+A provider plans (which offers fit a request, at what frozen price), reserves inside the ledger
+transaction that records the machine, creates resources, configures and validates them,
+destroys them (returning only once they are confirmed gone), discovers what exists, and reads
+utilization. Anything above this file never imports a cloud SDK or Ansible.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from deepops_infra.pricing import Price
+from deepops_infra.progress import Progress
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from deepops_infra.images import Image
+    from deepops_infra.ledger.schema import Machine
+    from deepops_infra.request import MachineRequest
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A concrete offer for a request: where, what, and its frozen price."""
+
+    cloud: str
+    region: str | None
+    host: str | None
+    instance_type: str | None
+    accelerator: str | None
+    accelerator_count: int
+    image_pin: str | None
+    price: Price
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cloud": self.cloud,
+            "region": self.region,
+            "host": self.host,
+            "instance_type": self.instance_type,
+            "accelerator": self.accelerator,
+            "accelerator_count": self.accelerator_count,
+            "image_id": self.image_pin,
+            "price_per_hour": str(self.price.per_hour),
+            "price": self.price.to_json(),
+            **self.details,
+        }
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Something a provider found that this installation manages (discover)."""
+
+    cloud: str
+    machine_id: str | None
+    resource_id: str
+    state: str
+    tags: dict[str, str] = field(default_factory=dict)
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class Utilization:
+    at: datetime
+    gpu_percent: list[float]
+    gpu_memory_percent: list[float]
+    active: bool | None = None  # None: could not be read (counts as active)
+
+
+class ProvisionError(Exception):
+    """Creating resources failed. `created` says whether anything may exist that needs teardown."""
+
+    def __init__(self, message: str, created: bool) -> None:
+        super().__init__(message)
+        self.created = created
+
+
+class Provider(ABC):
+    cloud: str
+
+    @abstractmethod
+    def plan(self, request: "MachineRequest", image: "Image") -> list[Plan]:
+        """Offers that fit, cheapest first; a UserError when none ever could (nothing written)."""
+
+    def reserve(self, session: "Session", machine: "Machine", plans: list[Plan]) -> Plan:
+        """Claim capacity inside the transaction that records the machine; returns the plan used."""
+        return plans[0]
+
+    def release_reservation(self, session: "Session", machine: "Machine", at: datetime) -> None:
+        """Give back what reserve() claimed, in the transaction that ends the machine."""
+        return None
+
+    @abstractmethod
+    def create(self, machine: "Machine", progress: Progress) -> dict[str, Any]:
+        """Make the resources exist; returns provider references stored with the machine."""
+
+    @abstractmethod
+    def configure(self, machine: "Machine", image: "Image", progress: Progress) -> dict[str, Any]:
+        """Install the image's pinned software; returns the manifest of what was found there."""
+
+    @abstractmethod
+    def validate(self, machine: "Machine", image: "Image", progress: Progress) -> dict[str, Any]:
+        """Check the machine delivers what was ordered; `{"passed": bool, "checks": [...]}`."""
+
+    @abstractmethod
+    def destroy(self, machine: "Machine", progress: Progress) -> None:
+        """Remove the resources; return only once they are confirmed gone, else raise."""
+
+    @abstractmethod
+    def discover(self) -> list[Resource]:
+        """Everything of this installation that exists on this target right now."""
+
+    @abstractmethod
+    def utilization(self, machine: "Machine") -> Utilization | None:
+        """Latest utilization sample, or None when there is none."""
+
+    @abstractmethod
+    def shell_command(self, machine: "Machine", command: list[str] | None) -> list[str]:
+        """argv that opens a shell in the machine (or runs `command` there)."""
+
+    def doctor(self) -> list[tuple[str, bool, str]]:
+        """(check, ok, detail) rows for `deepops doctor`."""
+        return []

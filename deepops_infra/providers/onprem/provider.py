@@ -1,0 +1,335 @@
+"""The on-prem provider: leases of exclusive GPUs on pool hosts, set up by Ansible.
+
+A lease is a workspace on a host, the image's pinned environment installed into it, and
+CUDA_VISIBLE_DEVICES set to the leased GPUs. Exclusivity is the ledger's job: `gpu_leases` has a
+unique index over (host, gpu_index) for active leases, so two `up` can never hold the same GPU.
+"""
+
+import shlex
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+
+from deepops_infra.ansible import PlayResult, run_playbook
+from deepops_infra.config import Settings
+from deepops_infra.errors import CapacityError, OperationError, UserError
+from deepops_infra.ledger.db import Ledger
+from deepops_infra.ledger.schema import GpuLease, Machine
+from deepops_infra.pool import Pool, PoolHost, load_pool
+from deepops_infra.pricing import onprem_price
+from deepops_infra.progress import Progress
+from deepops_infra.providers.base import Plan, Provider, ProvisionError, Resource, Utilization
+from deepops_infra.providers.onprem.inventory import HostCapacity, capacity, detect
+from deepops_infra.validation import check_gpus, check_manifest
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from deepops_infra.images import Image
+    from deepops_infra.request import MachineRequest
+
+
+class OnpremProvider(Provider):
+    cloud = "onprem"
+
+    def __init__(self, settings: Settings, ledger: Ledger) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self._pool: Pool | None = None
+        self._capacity: dict[str, HostCapacity] = {}
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            self._pool = load_pool(self.settings.pool_path)
+        return self._pool
+
+    def workspace_root(self, host: PoolHost) -> str:
+        if host.workspace_root:
+            return host.workspace_root
+        return str(self.settings.workspaces) if host.connection == "local" else "~/.deepops/workspaces"
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _candidates(self, request: "MachineRequest") -> list[PoolHost]:
+        if request.spot:
+            raise UserError("--spot: on-prem leases are never preempted; drop --spot or use a cloud target")
+        hosts = self.pool.hosts
+        if request.host:
+            hosts = [self.pool.get(request.host)]
+        if request.region:
+            hosts = [h for h in hosts if h.labels.get("region") == request.region]
+            if not hosts:
+                regions = sorted({h.labels["region"] for h in self.pool.hosts if "region" in h.labels})
+                raise UserError(
+                    f"--region: no pool host has label region={request.region}; "
+                    f"regions in the pool: {', '.join(regions) or 'none'}"
+                )
+        if not hosts:
+            raise UserError("the on-prem pool is empty; add a host with `deepops pool add`")
+        return hosts
+
+    def plan(self, request: "MachineRequest", image: "Image") -> list[Plan]:
+        if image.onprem is None:
+            raise UserError(f"--image {image.name}: the image has no on-prem pin; choose another image")
+        plans, offered = [], []
+        for host in self._candidates(request):
+            if request.gpus.count == 0:
+                gpus: list[int] = []
+            else:
+                cap = capacity(self.settings, self.ledger, host)
+                self._capacity[host.name] = cap
+                matching = [g for g in cap.gpus if g.matches(request.gpus.model)]
+                offered.append(f"{host.name} has {len(matching)}")
+                if len(matching) < request.gpus.count:
+                    continue
+                gpus = [g.index for g in matching]
+            price = onprem_price(host.host_hour, host.gpu_hour, request.gpus.count)
+            plans.append(
+                Plan(
+                    cloud="onprem",
+                    region=host.labels.get("region"),
+                    host=host.name,
+                    instance_type=None,
+                    accelerator=request.gpus.model
+                    or (self._capacity[host.name].gpus[0].model if request.gpus.count else None),
+                    accelerator_count=request.gpus.count,
+                    image_pin=image.onprem.pin,
+                    price=price,
+                    details={"candidate_gpus": gpus},
+                )
+            )
+        if not plans:
+            what = f"{request.gpus.count} x {request.gpus.model or 'any GPU'}"
+            raise CapacityError(
+                f"--gpus {request.gpus}: no pool host offers {what} ({'; '.join(offered)}); see `deepops pool ls`"
+            )
+        return sorted(plans, key=lambda p: (p.price.per_hour, p.host or ""))
+
+    def reserve(self, session: "Session", machine: Machine, plans: list[Plan]) -> Plan:
+        now = machine.created_at
+        busy_hosts = []
+        for plan in plans:
+            wanted = plan.accelerator_count
+            if wanted:
+                held = set(
+                    session.scalars(
+                        select(GpuLease.gpu_index).where(GpuLease.host == plan.host, GpuLease.released_at.is_(None))
+                    )
+                )
+                free = [i for i in plan.details["candidate_gpus"] if i not in held]
+                if len(free) < wanted:
+                    busy_hosts.append(f"{plan.host}: {len(free)} free")
+                    continue
+                chosen = free[:wanted]
+                session.add_all(
+                    GpuLease(machine_id=machine.id, host=plan.host, gpu_index=i, leased_at=now) for i in chosen
+                )
+                if (cap := self._capacity.get(plan.host or "")) and cap.detected_at is not None:
+                    session.merge(cap.to_cache())
+            else:
+                chosen = []
+            session.flush()  # the unique index speaks now, not at commit
+            details = {k: v for k, v in plan.details.items() if k != "candidate_gpus"}
+            return Plan(**{**plan.__dict__, "details": {**details, "gpu_indexes": chosen}})
+        raise CapacityError(
+            f"--gpus {machine.request['gpus']}: every matching GPU is leased right now "
+            f"({'; '.join(busy_hosts)}); try again later or see `deepops ls`"
+        )
+
+    def release_reservation(self, session: "Session", machine: Machine, at: datetime) -> None:
+        session.execute(
+            update(GpuLease)
+            .where(GpuLease.machine_id == machine.id, GpuLease.released_at.is_(None))
+            .values(released_at=at)
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _host(self, machine: Machine) -> PoolHost:
+        return self.pool.get(machine.host or "")
+
+    def _play(self, name: str, machine: Machine, extravars: dict[str, Any], progress: Progress) -> PlayResult:
+        stamp = datetime.now(UTC).strftime("%H%M%S%f")
+        return run_playbook(
+            self.settings,
+            name,
+            [self._host(machine)],
+            extravars,
+            ident=f"{machine.id}-{name}-{stamp}",
+            progress=progress,
+        )
+
+    def create(self, machine: Machine, progress: Progress) -> dict[str, Any]:
+        host = self._host(machine)
+        indexes = machine.plan.get("gpu_indexes", [])
+        result = self._play(
+            "onprem-lease",
+            machine,
+            {
+                "lease_machine_id": machine.id,
+                "lease_workspace_root": self.workspace_root(host),
+                "lease_gpu_indexes": indexes,
+                "lease_gpus_declared": host.declared_gpus is not None,
+                "lease_disk_gb": machine.request.get("disk_gb") or 0,
+            },
+            progress,
+        )
+        if not result.ok:
+            raise ProvisionError(result.error(f"lease on {host.name} failed"), created=not result.unreachable)
+        lease = result.stats.get("deepops_lease") or {}
+        return {
+            "created": True,
+            "host": host.name,
+            "connection": host.connection,
+            "address": host.address,
+            "workspace": lease.get("workspace"),
+            "gpu_indexes": indexes,
+            "host_gpus": lease.get("gpus", []),
+            "driver_version": lease.get("driver_version"),
+            "host_facts": lease.get("host", {}),
+        }
+
+    def configure(self, machine: Machine, image: "Image", progress: Progress) -> dict[str, Any]:
+        assert image.onprem is not None
+        host = self._host(machine)
+        workspace = machine.provider_refs["workspace"]
+        result = self._play(
+            "configure",
+            machine,
+            {
+                "pinned_env_workspace": workspace,
+                "pinned_env_lock_src": str(image.onprem.lock_path),
+                "pinned_env_lock_sha256": image.onprem.sha256,
+                "pinned_env_python": host.python,
+                "pinned_env_pip_cache": str(Path(workspace).parent / ".pip-cache"),
+            },
+            progress,
+        )
+        if not result.ok:
+            raise OperationError(result.error(f"configuring {image.name} on {host.name} failed"))
+        manifest = dict(result.stats.get("deepops_manifest") or {})
+        manifest["driver_version"] = machine.provider_refs.get("driver_version")
+        manifest["image_pin"] = image.onprem.pin
+        return manifest
+
+    def validate(self, machine: Machine, image: "Image", progress: Progress) -> dict[str, Any]:
+        refs = machine.provider_refs or {}
+        checks = check_manifest(image, machine.manifest or {})
+        if self._host(machine).declared_gpus is None:
+            checks.append(
+                check_gpus(
+                    machine.accelerator, machine.gpu_count, refs.get("host_gpus", []), refs.get("gpu_indexes", [])
+                )
+            )
+        return {"passed": all(c["passed"] for c in checks), "checks": checks}
+
+    def destroy(self, machine: Machine, progress: Progress) -> None:
+        refs = machine.provider_refs or {}
+        try:
+            host = self._host(machine)
+        except UserError:
+            if not refs.get("created"):
+                return  # never got to the host
+            raise OperationError(
+                f"{machine.id}: host {machine.host} is no longer in the pool; add it back to release the lease"
+            ) from None
+        workspace = refs.get("workspace") or f"{self.workspace_root(host).rstrip('/')}/{machine.id}"
+        if workspace.startswith("~"):
+            workspace = ""  # never resolved on the host: nothing was created there
+        result = self._play(
+            "release", machine, {"release_machine_id": machine.id, "release_workspace": workspace}, progress
+        )
+        if result.ok:
+            return
+        if result.unreachable and not refs.get("created"):
+            return  # the lease play never reached the host: nothing exists there
+        raise OperationError(result.error(f"releasing {machine.id} on {host.name} failed"))
+
+    # -- read path ---------------------------------------------------------------------------
+
+    def discover(self) -> list[Resource]:
+        """Active leases the ledger holds, checked against the workspaces found on the hosts."""
+        resources = []
+        with self.ledger.read() as session:
+            rows = session.execute(
+                select(Machine.id, Machine.host, Machine.provider_refs).where(
+                    Machine.cloud == "onprem", Machine.ended_at.is_(None)
+                )
+            ).all()
+        for machine_id, host, refs in rows:
+            resources.append(
+                Resource(
+                    cloud="onprem",
+                    machine_id=machine_id,
+                    resource_id=(refs or {}).get("workspace") or machine_id,
+                    state="leased",
+                    location=host,
+                )
+            )
+        return resources
+
+    def utilization(self, machine: Machine) -> Utilization | None:
+        """A fresh nvidia-smi reading of the leased GPUs (the agent takes over in the reaper issue)."""
+        host = self._host(machine)
+        found = detect(self.settings, [host])[host.name]
+        now = datetime.now(UTC)
+        if isinstance(found, str):
+            return Utilization(at=now, gpu_percent=[], gpu_memory_percent=[], active=None)
+        leased = set((machine.provider_refs or {}).get("gpu_indexes", []))
+        gpus = [g for g in found.facts.get("raw_gpus", []) if g["index"] in leased]
+        util = [float(g.get("utilization_percent") or 0) for g in gpus]
+        mem = [100.0 * (g.get("memory_used_mib") or 0) / g["memory_mib"] for g in gpus if g.get("memory_mib")]
+        return Utilization(
+            at=now, gpu_percent=util, gpu_memory_percent=mem, active=None if not gpus else any(u > 0 for u in util)
+        )
+
+    def shell_command(self, machine: Machine, command: list[str] | None) -> list[str]:
+        refs = machine.provider_refs or {}
+        env_file = f"{refs['workspace']}/.deepops/env.sh"
+        inner = ["bash", "-c", '. "$0" && exec "$@"', env_file, *(command or ["bash", "-il"])]
+        host = self._host(machine)
+        if host.connection == "local":
+            return inner
+        ssh = [
+            "ssh",
+            "-p",
+            str(host.port),
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            f"UserKnownHostsFile={self.settings.home / 'known_hosts'}",
+            "-o",
+            "BatchMode=yes",
+        ]
+        if host.key:
+            ssh += ["-i", str(Path(host.key).expanduser())]
+        if command is None:
+            ssh.append("-t")
+        target = f"{host.user}@{host.address}" if host.user else host.address
+        return [*ssh, target, shlex.join(inner)]
+
+    def doctor(self) -> list[tuple[str, bool, str]]:
+        import shutil
+
+        rows: list[tuple[str, bool, str]] = []
+        try:
+            pool = self.pool
+            rows.append(("pool file", True, f"{self.settings.pool_path} ({len(pool.hosts)} hosts)"))
+        except UserError as exc:
+            return [("pool file", False, str(exc))]
+        try:
+            import ansible_runner  # noqa: F401
+
+            rows.append(("ansible-runner", True, "importable"))
+        except ImportError:
+            rows.append(("ansible-runner", False, "pip install ansible-runner"))
+        for host in pool.hosts:
+            if host.key and not Path(host.key).expanduser().exists():
+                rows.append((f"host {host.name}", False, f"SSH key {host.key} not found"))
+        if any(h.connection == "ssh" for h in pool.hosts):
+            ok = shutil.which("ssh") is not None
+            rows.append(("ssh client", ok, "found" if ok else "install openssh-client"))
+        return rows

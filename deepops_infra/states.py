@@ -1,0 +1,22 @@
+"""The machine lifecycle: statuses and the transitions between them (see DESIGN.md)."""
+
+REQUESTED, PROVISIONING, CONFIGURING, VALIDATING = "requested", "provisioning", "configuring", "validating"
+READY, IDLE, TERMINATING, TERMINATED, FAILED = "ready", "idle", "terminating", "terminated", "failed"
+
+STATUSES = (REQUESTED, PROVISIONING, CONFIGURING, VALIDATING, READY, IDLE, TERMINATING, TERMINATED, FAILED)
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    REQUESTED: frozenset({PROVISIONING, FAILED}),
+    PROVISIONING: frozenset({CONFIGURING, FAILED, TERMINATING}),
+    CONFIGURING: frozenset({VALIDATING, FAILED, TERMINATING}),
+    VALIDATING: frozenset({READY, FAILED, TERMINATING}),
+    READY: frozenset({IDLE, TERMINATING}),
+    IDLE: frozenset({READY, TERMINATING}),
+    TERMINATING: frozenset({TERMINATED}),
+    TERMINATED: frozenset(),
+    FAILED: frozenset(),  # a failed machine is torn down; the teardown is an event, not a status
+}
+
+
+def can_transition(current: str, target: str) -> bool:
+    return target in TRANSITIONS.get(current, frozenset())

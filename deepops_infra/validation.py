@@ -1,0 +1,73 @@
+"""Checks that a configured machine delivers what was ordered (inventory and manifest).
+
+Each check is `{"name", "passed", "detail"}`; a machine whose checks do not all pass goes
+`failed`. The torch performance validation adds its checks here (GPU roles issue).
+"""
+
+from typing import Any
+
+from deepops_infra.accelerators import device_matches
+from deepops_infra.images import Image
+
+
+def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"name": name, "passed": passed, "detail": detail}
+
+
+def _version_satisfies(version: str, spec: str) -> bool:
+    """A minimal PEP 440 check for the specifiers image files use (`>=3.8`, `==3.11`)."""
+    if not spec:
+        return True
+    have = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+    for clause in spec.split(","):
+        clause = clause.strip()
+        for op in (">=", "<=", "==", ">", "<"):
+            if clause.startswith(op):
+                want = tuple(int(p) for p in clause[len(op) :].strip().split("."))
+                mine = have[: len(want)]
+                ok = {">=": mine >= want, "<=": mine <= want, "==": mine == want, ">": mine > want, "<": mine < want}[
+                    op
+                ]
+                if not ok:
+                    return False
+                break
+    return True
+
+
+def check_manifest(image: Image, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    checks = []
+    packages = manifest.get("packages") or {}
+    python = manifest.get("python", "")
+    if image.onprem and image.onprem.python:
+        checks.append(
+            _check(
+                "python",
+                _version_satisfies(python, image.onprem.python),
+                f"found {python or 'none'}, image needs {image.onprem.python}",
+            )
+        )
+    for name, want in image.versions.items():
+        if name in ("python", "cuda"):
+            continue  # python checked above; CUDA is checked by the GPU validation
+        have = packages.get(name.lower())
+        checks.append(_check(f"package {name}", have == want, f"found {have or 'none'}, image pins {want}"))
+    return checks
+
+
+def check_gpus(model: str | None, count: int, host_gpus: list[dict[str, Any]], leased: list[int]) -> dict[str, Any]:
+    """The leased GPUs exist on the host, and are of the ordered model."""
+    by_index = {g["index"]: g for g in host_gpus}
+    missing = [i for i in leased if i not in by_index]
+    wrong = [
+        i
+        for i in leased
+        if i in by_index and model and not device_matches(model, by_index[i]["name"], by_index[i].get("memory_mib"))
+    ]
+    passed = len(leased) == count and not missing and not wrong
+    seen = ", ".join(f"{i}: {by_index[i]['name']}" for i in leased if i in by_index) or "none"
+    detail = f"ordered {count} x {model or 'any'}, leased {leased}, found {seen}"
+    if missing:
+        detail += f"; missing {missing}"
+    if wrong:
+        detail += f"; not {model}: {wrong}"
+    return _check("gpu inventory", passed, detail)
