@@ -42,6 +42,11 @@ ACCELERATORS: dict[str, Accelerator] = {
 }
 
 
+def _has_sizes(acc: Accelerator) -> bool:
+    """Whether the model comes in several memory sizes (A100 40/80 GB), so a size must be confirmed."""
+    return any(other.marker == acc.marker and other.name != acc.name for other in ACCELERATORS.values())
+
+
 def canonical_model(text: str) -> str | None:
     """The canonical name for `a100`, `A100-80gb`, `h100`; None when unknown."""
     key = text.strip().upper().replace("_", "-")
@@ -54,8 +59,14 @@ def device_matches(model: str, device_name: str, memory_mib: int | None) -> bool
     # A marker must stand as its own token: "A10" is not "A100", "H200" is not "GH200".
     if not re.search(rf"(?<![A-Z0-9]){re.escape(acc.marker.upper())}(?![A-Z0-9])", device_name.upper()):
         return False
-    if acc.memory_gb is None or memory_mib is None:
+    if acc.memory_gb is None:
         return True
+    if memory_mib is None and not _has_sizes(acc):
+        return True  # one size only (T4, L4, H200): the name is enough
+    if memory_mib is None:
+        # No reading: only a size written in the name ("A100-SXM4-80GB") can confirm a sized model.
+        sized = re.search(r"(\d+)\s*GB", device_name.upper())
+        return sized is not None and int(sized.group(1)) == acc.memory_gb
     return abs(memory_mib / 1024 - acc.memory_gb) <= acc.memory_gb * 0.1
 
 
@@ -66,3 +77,8 @@ def model_of(device_name: str, memory_mib: int | None) -> str | None:
         if device_matches(acc.name, device_name, memory_mib):
             return acc.name
     return None
+
+
+def model_allows(allowed: str, model: str) -> bool:
+    """A policy naming `A100` allows every A100 (`A100-40GB`, `A100-80GB`); `A100-80GB` only that one."""
+    return model == allowed or model.startswith(allowed + "-")

@@ -44,7 +44,8 @@ def inventory_for(settings: Settings, hosts: list[PoolHost]) -> dict[str, Any]:
                 "ansible_connection": "ssh",
                 "ansible_host": host.address,
                 "ansible_port": host.port,
-                "ansible_python_interpreter": "auto_silent",
+                # An absolute `python:` in the pool is used as is; otherwise Ansible discovers one.
+                "ansible_python_interpreter": host.python if host.python.startswith("/") else "auto_silent",
             }
             if host.user:
                 entry["ansible_user"] = host.user
@@ -143,6 +144,8 @@ def run_playbook(
         quiet=True,
         rotate_artifacts=1,
     )
+    if result.status == "canceled":
+        raise KeyboardInterrupt  # ansible-runner swallowed the user's Ctrl-C: hand it back
     ok = result.status == "successful" and result.rc == 0
     if ok:
         shutil.rmtree(private_dir, ignore_errors=True)

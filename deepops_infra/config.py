@@ -7,6 +7,7 @@ the two files.
 """
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
@@ -16,6 +17,7 @@ from typing import Any
 from deepops_infra.durations import parse_duration
 from deepops_infra.yamlfile import FileError, Mapping, load_yaml
 
+_LABEL_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 CLOUDS = ("onprem", "aws", "gcp", "azure")
 TARGETS = (*CLOUDS, "auto")
 
@@ -58,9 +60,20 @@ class Config:
         return self.team_policies.get(team, self.default_policy)
 
 
-def _policy(raw: Any, base: TeamPolicy, path: Path, where: str) -> TeamPolicy:
+def _gpu_model(name: str, path: Path, line: int) -> str:
+    from deepops_infra.accelerators import ACCELERATORS, canonical_model
+
+    if name == "*":
+        return name
+    model = canonical_model(name)
+    if model is None:
+        raise FileError(path, line, f"unknown GPU model {name!r} in gpu_models; known: {', '.join(ACCELERATORS)}")
+    return model
+
+
+def _policy(raw: Any, base: TeamPolicy, path: Path, where: str, line: int = 0) -> TeamPolicy:
     if not isinstance(raw, Mapping):
-        raise FileError(path, getattr(raw, "line", 0), f"{where} must be a mapping of rules")
+        raise FileError(path, getattr(raw, "line", 0) or line, f"{where} must be a mapping of rules")
     values: dict[str, Any] = {}
     known = set(TeamPolicy.__dataclass_fields__)
     for key, value in raw.items():
@@ -73,7 +86,7 @@ def _policy(raw: Any, base: TeamPolicy, path: Path, where: str) -> TeamPolicy:
             except Exception as exc:
                 raise FileError(path, line, str(exc)) from None
         elif key == "max_gpus_running":
-            if not isinstance(value, int) or value < 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise FileError(path, line, "max_gpus_running must be a whole number >= 0")
             values[key] = value
         else:  # targets, gpu_models
@@ -83,6 +96,8 @@ def _policy(raw: Any, base: TeamPolicy, path: Path, where: str) -> TeamPolicy:
                 raise FileError(path, line, f"{key} must be a list of names")
             if key == "targets" and (bad := [v for v in value if v not in CLOUDS]):
                 raise FileError(path, line, f"unknown target {bad[0]!r}; known: {', '.join(CLOUDS)}")
+            if key == "gpu_models":
+                value = [_gpu_model(v, path, line) for v in value]
             values[key] = tuple(value)
     policy = TeamPolicy(**{**base.__dict__, **values})
     if policy.default_ttl > policy.max_ttl:
@@ -90,6 +105,28 @@ def _policy(raw: Any, base: TeamPolicy, path: Path, where: str) -> TeamPolicy:
     if policy.default_idle_timeout > policy.max_idle_timeout:
         policy = TeamPolicy(**{**policy.__dict__, "default_idle_timeout": policy.max_idle_timeout})
     return policy
+
+
+def _defaults(raw: Any, path: Path, line: int) -> Defaults:
+    """`defaults:` is checked here, so a bad value blames the file, not an option nobody typed."""
+    if not isinstance(raw, Mapping):
+        raise FileError(path, line, "defaults must be a mapping (team, project, image, cloud, disk_gb)")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        at = raw.line_of(key)
+        if key not in Defaults.__dataclass_fields__:
+            raise FileError(path, at, f"unknown default {key!r}; known: {', '.join(Defaults.__dataclass_fields__)}")
+        if key == "disk_gb":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65536:
+                raise FileError(path, at, "defaults.disk_gb must be a whole number of GB from 1 to 65536")
+        elif not isinstance(value, str) or not value:
+            raise FileError(path, at, f"defaults.{key} must be a name")
+        elif key == "cloud" and value not in TARGETS:
+            raise FileError(path, at, f"defaults.cloud {value!r} is unknown; known: {', '.join(TARGETS)}")
+        elif key in ("team", "project") and not _LABEL_RE.fullmatch(value):
+            raise FileError(path, at, f"defaults.{key} {value!r}: use lower-case letters, digits, '-', '_' and '.'")
+        values[key] = value
+    return Defaults(**values)
 
 
 def parse_config(raw: Any, path: Path) -> Config:
@@ -101,28 +138,20 @@ def parse_config(raw: Any, path: Path) -> Config:
     for key in raw:
         if key not in known:
             raise FileError(path, raw.line_of(key), f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
-    defaults = Defaults()
-    if "defaults" in raw:
-        d = raw["defaults"]
-        if not isinstance(d, Mapping) or (bad := set(d) - set(Defaults.__dataclass_fields__)):
-            raise FileError(
-                path,
-                raw.line_of("defaults"),
-                f"defaults: unknown keys {sorted(bad) if isinstance(d, Mapping) else d!r}",
-            )
-        defaults = Defaults(**{**defaults.__dict__, **d})
+    defaults = _defaults(raw["defaults"], path, raw.line_of("defaults")) if "defaults" in raw else Defaults()
     default_policy, teams = TeamPolicy(), {}
     if "policy" in raw:
         pol = raw["policy"]
         if not isinstance(pol, Mapping):
             raise FileError(path, raw.line_of("policy"), "policy must have `default:` and/or `teams:`")
         if "default" in pol:
-            default_policy = _policy(pol["default"], default_policy, path, "policy.default")
+            default_policy = _policy(pol["default"], default_policy, path, "policy.default", pol.line_of("default"))
         team_map = pol.get("teams") or Mapping()
         if not isinstance(team_map, Mapping):
             raise FileError(path, pol.line_of("teams"), "policy.teams must map team names to rules")
         teams = {
-            str(name): _policy(rules, default_policy, path, f"policy.teams.{name}") for name, rules in team_map.items()
+            str(name): _policy(rules, default_policy, path, f"policy.teams.{name}", team_map.line_of(name))
+            for name, rules in team_map.items()
         }
     pool_file = Path(os.path.expanduser(raw["pool_file"])) if raw.get("pool_file") else None
     return Config(

@@ -182,8 +182,14 @@ class Lifecycle:
                     f"kept for debugging (--keep-on-failure); end it with `deepops down {machine.id} --yes`",
                 )
             return
-        with self.progress.step(f"tearing down {machine.id}"):
-            self._teardown(machine, "teardown after failure")
+        try:
+            with self.progress.step(f"tearing down {machine.id}"):
+                self._teardown(machine, "teardown after failure")
+        except DeepopsError as exc:
+            # The original failure is what the user must see; the teardown is retried later.
+            raise OperationError(
+                f"{reason}; teardown failed too ({exc}); retry with `deepops down {machine.id} --yes`"
+            ) from None
 
     # -- down --------------------------------------------------------------------------------
 

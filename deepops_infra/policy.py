@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+from deepops_infra.accelerators import model_allows
 from deepops_infra.config import TeamPolicy
 from deepops_infra.durations import format_duration
 from deepops_infra.errors import PolicyError
@@ -17,7 +18,7 @@ def check_static(request: MachineRequest, policy: TeamPolicy, cloud: str) -> Non
         )
     if request.gpus.count and "*" not in policy.gpu_models:
         model = request.gpus.model
-        if model is None or model not in policy.gpu_models:
+        if model is None or not any(model_allows(allowed, model) for allowed in policy.gpu_models):
             raise PolicyError(
                 f"policy (team {team}, rule gpu_models): {model or 'an unspecified model'} is not "
                 f"allowed; allowed: {', '.join(policy.gpu_models)}"

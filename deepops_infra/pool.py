@@ -17,7 +17,7 @@ from deepops_infra.accelerators import canonical_model
 from deepops_infra.errors import NotFoundError, UserError
 from deepops_infra.yamlfile import FileError, Mapping, Sequence, load_yaml
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
 DEFAULT_LOCAL_RATES = {"gpu_hour": 1.0, "host_hour": 0.05}
 
 
@@ -98,7 +98,7 @@ def _host(raw: Any, path: Path, line: int) -> PoolHost:
         if key not in _HOST_KEYS:
             raise FileError(path, at(key), f"unknown host setting {key!r}; known: {', '.join(sorted(_HOST_KEYS))}")
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise FileError(path, at("name"), "host `name` is required: lower-case letters, digits, '.' and '-'")
     connection = raw.get("connection", "local" if name == "localhost" else "ssh")
     if connection not in ("local", "ssh"):
@@ -107,7 +107,7 @@ def _host(raw: Any, path: Path, line: int) -> PoolHost:
     if not isinstance(address, str) or not address:
         raise FileError(path, raw.line, f"host {name!r}: an ssh host needs `address`")
     port = raw.get("port", 22)
-    if not isinstance(port, int) or not 0 < port < 65536:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise FileError(path, at("port"), f"port must be a number from 1 to 65535, not {port!r}")
     labels = raw.get("labels") or {}
     if not isinstance(labels, dict):
@@ -238,15 +238,22 @@ def load_pool(path: Path) -> Pool:
     return Pool(path=path, hosts=hosts, include_localhost=include_localhost)
 
 
+def _as_file_data(value: Any) -> Any:
+    """Command-line values in the shapes the file parser sees (mappings and lists with lines)."""
+    if isinstance(value, dict):
+        mapping = Mapping({k: _as_file_data(v) for k, v in value.items()})
+        mapping.line, mapping.key_lines = 0, {}
+        return mapping
+    if isinstance(value, list):
+        items = Sequence(_as_file_data(v) for v in value)
+        items.line, items.item_lines = 0, [0] * len(items)
+        return items
+    return value
+
+
 def parse_host_entry(entry: dict[str, Any], path: Path) -> PoolHost:
     """Validate one host given on the command line (`pool add`) with the file's rules."""
-    raw = Mapping(entry)
-    raw.line, raw.key_lines = 0, {}
-    if isinstance(entry.get("rates"), dict):
-        rates = Mapping(entry["rates"])
-        rates.line, rates.key_lines = 0, {}
-        raw["rates"] = rates
     try:
-        return _host(raw, path, 0)
+        return _host(_as_file_data(entry), path, 0)
     except FileError as exc:
-        raise UserError(str(exc).split(": ", 1)[1]) from None
+        raise UserError(exc.message) from None

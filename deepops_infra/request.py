@@ -11,9 +11,10 @@ from deepops_infra.config import TARGETS
 from deepops_infra.durations import parse_duration
 from deepops_infra.errors import UserError
 
-_GPUS_RE = re.compile(r"^(?:(?P<model>[A-Za-z][A-Za-z0-9_-]*)(?::(?P<count>-?\w+))?|(?P<only>\d+))$")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,38}$")
-_TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_GPUS_RE = re.compile(r"(?:(?P<model>[A-Za-z][A-Za-z0-9_-]*)(?::(?P<count>[^:]*))?|(?P<only>[0-9]+))", re.ASCII)
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,38}")
+_TAG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_COUNT_RE = re.compile(r"[0-9]+", re.ASCII)
 MAX_GPUS_PER_MACHINE = 16
 
 
@@ -30,7 +31,7 @@ class GpuSpec:
             f"use MODEL:COUNT (e.g. A100:8), MODEL for one (e.g. H100), a count of any model, "
             f"or 0 for CPU only; models: {', '.join(ACCELERATORS)}"
         )
-        match = _GPUS_RE.match(text.strip())
+        match = _GPUS_RE.fullmatch(text.strip())
         if not match:
             raise UserError(f"--gpus: {text!r} is malformed; {allowed}")
         if match["only"] is not None:
@@ -42,7 +43,7 @@ class GpuSpec:
         if model is None:
             raise UserError(f"--gpus: unknown GPU model {match['model']!r}; {allowed}")
         count_text = match["count"] if match["count"] is not None else "1"
-        if not count_text.isdigit() or int(count_text) < 1:
+        if not _COUNT_RE.fullmatch(count_text) or int(count_text) < 1:
             raise UserError(
                 f"--gpus: count {count_text!r} must be a whole number from 1 to "
                 f"{MAX_GPUS_PER_MACHINE}, e.g. {model}:2; use --gpus 0 for CPU only"
@@ -104,7 +105,7 @@ def default_owner() -> str:
 
 def check_label(option: str, value: str) -> str:
     """Owner, team and project become cloud tags/labels: keep them to a charset every cloud takes."""
-    if not _TAG_RE.match(value):
+    if not _TAG_RE.fullmatch(value):
         raise UserError(
             f"{option}: {value!r} is not allowed; use lower-case letters, digits, '-', '_' "
             "and '.', starting with a letter or digit (at most 63)"
@@ -119,7 +120,7 @@ def check_cloud(cloud: str) -> str:
 
 
 def check_name(name: str | None) -> str | None:
-    if name is not None and not _NAME_RE.match(name):
+    if name is not None and not _NAME_RE.fullmatch(name):
         raise UserError(
             f"--name: {name!r} is not allowed; use lower-case letters, digits and '-', "
             "starting with a letter or digit (at most 39)"

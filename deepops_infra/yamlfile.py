@@ -68,3 +68,4 @@ class FileError(UserError):
 
     def __init__(self, path: Path, line: int, message: str) -> None:
         super().__init__(f"{path}:{line}: {message}")
+        self.message = message

@@ -1,0 +1,183 @@
+"""Shared fixtures: both ledgers, an isolated DEEPOPS_HOME, the CLI as a subprocess, a real sshd.
+
+PostgreSQL: DEEPOPS_TEST_PG_URL (default postgresql://127.0.0.1:5432/postgres as the current
+user); each test gets a database of its own. Without a server the PostgreSQL cases are skipped,
+unless DEEPOPS_REQUIRE_SERVICES=1 (set by .ci/run), which turns the skip into a failure.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REQUIRE = os.environ.get("DEEPOPS_REQUIRE_SERVICES") == "1"
+PG_URL = os.environ.get("DEEPOPS_TEST_PG_URL", "postgresql://127.0.0.1:5432/postgres")
+
+
+def _missing(reason: str) -> None:
+    if REQUIRE:
+        pytest.fail(f"{reason} (DEEPOPS_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[Any]:
+    try:
+        import psycopg
+
+        conn = psycopg.connect(
+            PG_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, connect_timeout=3
+        )
+    except Exception as exc:  # no driver or no server
+        _missing(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def pg_url(pg_admin: Any) -> Iterator[str]:
+    name = f"deepops_test_{uuid.uuid4().hex[:10]}"
+    pg_admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    pg_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'home' / 'ledger.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@dataclass
+class Deepops:
+    """The CLI in an isolated DEEPOPS_HOME, run as a real subprocess."""
+
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str, check: bool = False, timeout: float = 240, **kwargs: Any) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "deepops_infra", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kwargs,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"deepops {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json", check=True).stdout)
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "deepops_infra", *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def pool_file(self) -> Path:
+        return self.home / "pool.yaml"
+
+    def write_pool(self, text: str) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.pool_file.write_text(text)
+
+    def write_config(self, text: str) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.yaml").write_text(text)
+
+    def ledger(self) -> Any:
+        from deepops_infra.ledger.db import Ledger
+
+        return Ledger(self.env.get("DEEPOPS_LEDGER_URL") or f"sqlite:///{self.home / 'ledger.db'}")
+
+
+@pytest.fixture
+def deepops(tmp_path: Path, ledger_url: str) -> Deepops:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
+    env.update(DEEPOPS_HOME=str(home), DEEPOPS_LEDGER_URL=ledger_url, USER=env.get("USER", "tester"))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return Deepops(home=home, env=env)
+
+
+@pytest.fixture
+def sqlite_deepops(tmp_path: Path) -> Deepops:
+    """The CLI with the embedded default ledger only (for tests where the backend is not the point)."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
+    env.update(DEEPOPS_HOME=str(home))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return Deepops(home=home, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Sshd:
+    port: int
+    user: str
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real OpenSSH server on 127.0.0.1 with a key only this test run knows."""
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(binary).exists() or not shutil.which("ssh-keygen"):
+        _missing("OpenSSH server not installed (apt-get install openssh-server)")
+    base = tmp_path_factory.mktemp("sshd")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "host_key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "client_key")], check=True)
+    (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
+    os.chmod(base / "authorized_keys", 0o600)
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    port = free_port()
+    config = base / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\n"
+        f"AuthorizedKeysFile {base / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
+        f"StrictModes no\nPidFile {base / 'sshd.pid'}\nSubsystem sftp internal-sftp\n"
+    )
+    log = (base / "sshd.log").open("w")
+    proc = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stderr=log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                _missing(f"sshd exited: {(base / 'sshd.log').read_text()[-500:]}")
+            time.sleep(0.05)
+    import getpass
+
+    yield Sshd(port=port, user=getpass.getuser(), key=base / "client_key")
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
