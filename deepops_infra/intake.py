@@ -86,12 +86,16 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
             f"--like {like.id}: image {image.name} now pins {image.pin_for(like.cloud)}, "
             f"{like.id} ran {like.image_pin}; restore that pin in images/ to reproduce it"
         )
+    if opts.spot and cloud == "onprem":
+        raise UserError("--spot: on-prem leases are never preempted; drop --spot or use a cloud target")
     if opts.host is not None and cloud not in ("onprem", "auto"):
         raise UserError(f"--host names an on-prem pool host; it cannot be used with --cloud {cloud}")
-    if opts.host is not None:
+    if cloud in ("onprem", "auto"):
         from deepops_infra.pool import load_pool
 
-        load_pool(settings.pool_path).get(opts.host)  # unknown host: NotFoundError
+        pool = load_pool(settings.pool_path)  # a malformed pool file fails here, before any write
+        if opts.host is not None:
+            pool.get(opts.host)
     request = MachineRequest(
         gpus=gpus,
         cloud=cloud,

@@ -48,8 +48,9 @@ def pg_admin() -> Iterator[Any]:
 def pg_url(pg_admin: Any) -> Iterator[str]:
     name = f"deepops_test_{uuid.uuid4().hex[:10]}"
     pg_admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
+    from sqlalchemy.engine import make_url
+
+    yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     pg_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -52,6 +52,7 @@ GOAL_LS_S = 0.30
 GOAL_ONPREM_RATIO = 1.2
 LEDGER_MACHINES = 1000
 VERBOSE = False  # --verbose: tracebacks of failed benchmarks
+PYCACHE_PREFIX: Path | None = None  # where child processes cache bytecode (None: as the caller's environment says)
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -107,9 +108,17 @@ def log(message: str) -> None:
 
 
 def base_env(home: Path, **extra: str) -> dict[str, str]:
-    """The caller's environment without any DEEPOPS_* setting, pointed at a temporary home."""
+    """The caller's environment without any DEEPOPS_* setting, pointed at a temporary home.
+
+    Bytecode is cached (in a temporary PYTHONPYCACHEPREFIX, never in the checkout) as it is for an
+    installed package: with PYTHONDONTWRITEBYTECODE set, every run would recompile the package and
+    the many dependency modules that ship without .pyc files, and time that instead.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
     env["DEEPOPS_HOME"] = str(home)
+    if PYCACHE_PREFIX is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_PREFIX)
     env.update(extra)
     return env
 
@@ -598,10 +607,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", choices=["help", "ls", "onprem"], action="append", help="run only these benchmarks (repeatable)"
     )
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="keep the caller's PYTHONDONTWRITEBYTECODE/PYTHONPYCACHEPREFIX (default: cache bytecode in a temp dir)",
+    )
     parser.add_argument("--verbose", action="store_true", help="full tracebacks of failed benchmarks")
     args = parser.parse_args(argv)
-    global VERBOSE
+    global VERBOSE, PYCACHE_PREFIX
     VERBOSE = args.verbose
+    if args.no_bytecode_cache:
+        return report(args)
+    with temp_dir("bench-pycache-") as prefix:
+        PYCACHE_PREFIX = prefix
+        return report(args)
+
+
+def report(args: argparse.Namespace) -> int:
     runs = args.runs or (5 if args.quick else 20)
     reps = args.reps or (1 if args.quick else 3)
     selected = set(args.only or ["help", "ls", "onprem"])
@@ -610,7 +632,16 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     sections: list[tuple[str, list[str], list[list[str]]]] = []
     timed_headers = ["command", "runs", "median s", "p90 s", "min s / check"]
-    meta: dict[str, Any] = {"runs": runs, "reps": reps, "python": sys.version.split()[0], "cpus": os.cpu_count()}
+    meta: dict[str, Any] = {
+        "runs": runs,
+        "reps": reps,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "bytecode": "cached (temp prefix)"
+        if PYCACHE_PREFIX
+        else ("not written" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "as environment"),
+        "load_before": f"{os.getloadavg()[0]:.2f}",
+    }
 
     if "help" in selected:
         figs, rows = guarded("deepops --help", lambda: bench_help(runs))
@@ -639,9 +670,12 @@ def main(argv: list[str] | None = None) -> int:
         figs, rows = guarded("onprem up+down", onprem)
         figures += figs
         sections.append(("3. on-prem up+down (cpu-minimal)", ["run", "up s", "down s", "total s"], rows))
+    meta["load_after"] = f"{os.getloadavg()[0]:.2f}"  # 1-minute load: other work on the machine skews figures
 
     if args.json:
-        print(json.dumps({"meta": meta, "figures": [asdict(f) | {"met": f.met} for f in figures]}, indent=2))
+        details = [{"section": t, "rows": [dict(zip(h, r, strict=True)) for r in rows]} for t, h, rows in sections]
+        out = {"meta": meta, "figures": [asdict(f) | {"met": f.met} for f in figures], "details": details}
+        print(json.dumps(out, indent=2))
         return 0
     for title, headers, rows in sections:
         if rows:
