@@ -4,9 +4,11 @@ Everything Ansible writes on the controller stays under $DEEPOPS_HOME/ansible; S
 trusted on first use and remembered in $DEEPOPS_HOME/known_hosts (never blindly ignored).
 """
 
+import hashlib
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,18 @@ def inventory_for(settings: Settings, hosts: list[PoolHost]) -> dict[str, Any]:
     return {"all": {"hosts": entries}}
 
 
+def _control_dir(settings: Settings) -> Path:
+    """Where SSH keeps its multiplexing sockets; a unix socket path must stay under ~100 bytes,
+    so a deep DEEPOPS_HOME gets a short private directory in the temp dir instead."""
+    preferred = settings.ansible_dir / "cp"
+    if len(str(preferred)) <= 50:
+        return preferred
+    digest = hashlib.sha1(str(settings.home).encode()).hexdigest()[:10]
+    short = Path(tempfile.gettempdir()) / f"deepops-cp-{os.getuid()}-{digest}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    return short
+
+
 def ansible_env(settings: Settings) -> dict[str, str]:
     base = settings.ansible_dir
     known_hosts = settings.home / "known_hosts"
@@ -62,7 +76,7 @@ def ansible_env(settings: Settings) -> dict[str, str]:
         "ANSIBLE_HOME": str(base),
         "ANSIBLE_LOCAL_TEMP": str(base / "tmp"),
         "ANSIBLE_ROLES_PATH": str(roles_dir()),
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(base / "cp"),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(_control_dir(settings)),
         "ANSIBLE_SSH_ARGS": (
             f"-o ControlMaster=auto -o ControlPersist=60s -o BatchMode=yes "
             f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={known_hosts} "

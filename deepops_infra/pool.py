@@ -241,13 +241,9 @@ def load_pool(path: Path) -> Pool:
 def _as_file_data(value: Any) -> Any:
     """Command-line values in the shapes the file parser sees (mappings and lists with lines)."""
     if isinstance(value, dict):
-        mapping = Mapping({k: _as_file_data(v) for k, v in value.items()})
-        mapping.line, mapping.key_lines = 0, {}
-        return mapping
+        return Mapping({k: _as_file_data(v) for k, v in value.items()})
     if isinstance(value, list):
-        items = Sequence(_as_file_data(v) for v in value)
-        items.line, items.item_lines = 0, [0] * len(items)
-        return items
+        return Sequence(_as_file_data(v) for v in value)
     return value
 
 

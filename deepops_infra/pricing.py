@@ -35,6 +35,11 @@ def dollars(amount: Decimal) -> str:
     return f"${amount.quantize(CENT, ROUND_HALF_UP)}" if amount >= CENT or amount == 0 else f"${amount:.4f}"
 
 
+def decimal_text(value: Decimal) -> str:
+    """The same number prints the same whatever the column scale: `0.050000` -> `0.05`."""
+    return format(Decimal(value).normalize(), "f")
+
+
 def price_text(per_hour: Decimal) -> str:
     """`Decimal('0.050000')` -> `$0.05`: at least cents, never trailing zeros past them."""
     text = format(per_hour.normalize(), "f")

@@ -6,7 +6,7 @@ from typing import Any
 
 from deepops_infra.durations import format_duration
 from deepops_infra.ledger.schema import Machine
-from deepops_infra.pricing import dollars, price_text
+from deepops_infra.pricing import decimal_text, dollars, price_text
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -37,7 +37,7 @@ def machine_json(m: Machine, cost: Decimal | None = None) -> dict[str, Any]:
         "ended_at": _iso(m.ended_at),
         "ttl_seconds": m.request.get("ttl"),
         "idle_timeout_seconds": m.request.get("idle_timeout"),
-        "price_per_hour": str(m.price_per_hour),
+        "price_per_hour": decimal_text(m.price_per_hour),
         "cost_usd": str(cost) if cost is not None else None,
     }
 

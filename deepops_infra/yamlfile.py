@@ -12,15 +12,23 @@ class Mapping(dict):
     """A YAML mapping that remembers the line of itself and of each key (1-based)."""
 
     line: int = 0
-    key_lines: dict[str, int]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_lines: dict[str, int] = {}
 
     def line_of(self, key: str) -> int:
         return self.key_lines.get(key, self.line)
 
 
 class Sequence(list):
+    """A YAML sequence that remembers the line of itself and of each item (1-based)."""
+
     line: int = 0
-    item_lines: list[int]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.item_lines: list[int] = [0] * len(self)
 
 
 class _Loader(yaml.SafeLoader):
@@ -30,7 +38,6 @@ class _Loader(yaml.SafeLoader):
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> Mapping:
     result = Mapping()
     result.line = node.start_mark.line + 1
-    result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         result[key] = loader.construct_object(value_node, deep=True)

@@ -210,7 +210,7 @@ def ls(
     from deepops_infra.views import MACHINE_COLUMNS, machine_json, machine_row
 
     s = settings()
-    if not os.path.exists(s.home / "ledger.db") and s.ledger_url.startswith("sqlite"):
+    if s.ledger_url.startswith("sqlite:///") and not os.path.exists(s.ledger_url.removeprefix("sqlite:///")):
         print_json([]) if json_out else info("no machines yet; start one with `deepops up`")
         return
     with open_ledger(s).read() as session:

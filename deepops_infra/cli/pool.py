@@ -26,6 +26,9 @@ def add(
         typer.Option("--declare-gpus", help="MODEL:INDEXES where detection is impossible, e.g. A100-80GB:0,1."),
     ] = None,
     workspace_root: Annotated[str | None, typer.Option("--workspace-root", help="Where lease workspaces go.")] = None,
+    python: Annotated[
+        str | None, typer.Option("--python", help="The host's Python 3 (used by Ansible and for venvs).")
+    ] = None,
     detect: Annotated[
         bool, typer.Option("--detect/--no-detect", help="Detect GPUs now (checks the host is reachable).")
     ] = True,
@@ -42,7 +45,7 @@ def add(
     entry: dict = {"name": name, "connection": connection, "port": port}
     if address:
         entry["address"] = address
-    for key_name, value in (("user", user), ("key", key), ("workspace_root", workspace_root)):
+    for key_name, value in (("user", user), ("key", key), ("workspace_root", workspace_root), ("python", python)):
         if value:
             entry[key_name] = value
     if label:

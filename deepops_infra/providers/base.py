@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from deepops_infra.pricing import Price
+from deepops_infra.pricing import Price, decimal_text
 from deepops_infra.progress import Progress
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class Plan:
             "accelerator": self.accelerator,
             "accelerator_count": self.accelerator_count,
             "image_id": self.image_pin,
-            "price_per_hour": str(self.price.per_hour),
+            "price_per_hour": decimal_text(self.price.per_hour),
             "price": self.price.to_json(),
             **self.details,
         }
