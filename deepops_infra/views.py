@@ -2,18 +2,20 @@
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepops_infra.durations import format_duration
-from deepops_infra.ledger.schema import Machine
 from deepops_infra.pricing import decimal_text, dollars, price_text
+
+if TYPE_CHECKING:  # views also render the plain rows of ledger.quickread
+    from deepops_infra.ledger.schema import Machine
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def machine_json(m: Machine, cost: Decimal | None = None) -> dict[str, Any]:
+def machine_json(m: "Machine", cost: Decimal | None = None) -> dict[str, Any]:
     return {
         "id": m.id,
         "name": m.name,
@@ -42,13 +44,13 @@ def machine_json(m: Machine, cost: Decimal | None = None) -> dict[str, Any]:
     }
 
 
-def time_left(m: Machine, now: datetime) -> str:
+def time_left(m: "Machine", now: datetime) -> str:
     if m.ended_at:
         return "-"
     return format_duration(m.expires_at - now) if m.expires_at > now else "expired"
 
 
-def machine_row(m: Machine, cost: Decimal, now: datetime) -> list[str]:
+def machine_row(m: "Machine", cost: Decimal, now: datetime) -> list[str]:
     return [
         m.id,
         m.name or "",

@@ -206,23 +206,30 @@ def ls(
     json_out: Json = False,
 ) -> None:
     """List machines (running ones; --all for every one)."""
-    from deepops_infra.ledger import store
+    from datetime import UTC, datetime
+
+    from deepops_infra.ledger import quickread
     from deepops_infra.views import MACHINE_COLUMNS, machine_json, machine_row
 
     s = settings()
     if s.ledger_url.startswith("sqlite:///") and not os.path.exists(s.ledger_url.removeprefix("sqlite:///")):
         print_json([]) if json_out else info("no machines yet; start one with `deepops up`")
         return
-    with open_ledger(s).read() as session:
-        machines = store.list_machines(session, include_ended=all_, owner=owner)
-        spent = store.costs(session, [m.id for m in machines])
+    at = datetime.now(UTC)
+    rows = quickread.list_machines(s.ledger_url, all_, owner, at)
+    if rows is None:  # a schema to migrate, or a driver the quick path does not speak
+        from deepops_infra.ledger import store
+
+        with open_ledger(s).read() as session:
+            machines = store.list_machines(session, include_ended=all_, owner=owner)
+            spent = store.costs(session, [m.id for m in machines], at)
+        rows = [(m, spent[m.id]) for m in machines]
     if json_out:
-        print_json([machine_json(m, spent[m.id]) for m in machines])
-    elif not machines:
+        print_json([machine_json(m, spent) for m, spent in rows])
+    elif not rows:
         info("no machines" + ("" if all_ else " running; `deepops ls --all` shows ended ones"))
     else:
-        at = store.now()
-        print_table(MACHINE_COLUMNS, [machine_row(m, spent[m.id], at) for m in machines])
+        print_table(MACHINE_COLUMNS, [machine_row(m, spent, at) for m, spent in rows])
 
 
 def show(

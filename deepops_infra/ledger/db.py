@@ -13,8 +13,8 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from deepops_infra.errors import UserError
+from deepops_infra.ledger import HEAD_REVISION
 
-HEAD_REVISION = "0001"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
