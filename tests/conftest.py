@@ -132,6 +132,15 @@ def sqlite_deepops(tmp_path: Path) -> Deepops:
     return Deepops(home=home, env=env)
 
 
+def declared_pool(gpus: int, model: str = "A100-80GB") -> str:
+    """A pool file whose localhost declares `gpus` GPUs (no detection), at 2.00/GPU-h + 0.10/host-h."""
+    lines = "".join(f"      - {{index: {i}, model: {model}}}\n" for i in range(gpus))
+    return (
+        "hosts:\n  - name: localhost\n    connection: local\n"
+        f"    rates: {{gpu_hour: 2, host_hour: 0.1}}\n    gpus:\n{lines}"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

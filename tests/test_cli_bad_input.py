@@ -4,6 +4,7 @@ import pytest
 from sqlalchemy import func, select
 
 from deepops_infra.ledger.schema import Event, GpuLease, Machine
+from tests.conftest import declared_pool
 
 UP = ("up", "--yes", "--json")
 
@@ -50,15 +51,7 @@ def test_bad_request_changes_nothing(sqlite_deepops, args, fragments):
 
 
 def test_more_gpus_than_any_host_offers(deepops):
-    deepops.write_pool("""
-hosts:
-  - name: localhost
-    connection: local
-    rates: {gpu_hour: 2, host_hour: 0.1}
-    gpus:
-      - {index: 0, model: A100-80GB}
-      - {index: 1, model: A100-80GB}
-""")
+    deepops.write_pool(declared_pool(2))
     assert_one_line_error(deepops.run(*UP, "--gpus", "A100:4"), "no pool host offers 4 x A100", "localhost has 2")
     assert_one_line_error(deepops.run(*UP, "--gpus", "H100:1"), "no pool host offers 1 x H100", "localhost has 0")
     with deepops.ledger().read() as session:

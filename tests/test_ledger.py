@@ -17,18 +17,9 @@ from deepops_infra.ledger.schema import Event, GpuLease, Machine, UsageInterval
 from deepops_infra.lifecycle import Lifecycle
 from deepops_infra.progress import QuietProgress
 from deepops_infra.providers.onprem.provider import OnpremProvider
+from tests.conftest import declared_pool
 
-POOL = """
-hosts:
-  - name: localhost
-    connection: local
-    rates: {gpu_hour: 2, host_hour: 0.1}
-    gpus:
-      - {index: 0, model: A100-80GB}
-      - {index: 1, model: A100-80GB}
-      - {index: 2, model: A100-80GB}
-      - {index: 3, model: A100-80GB}
-"""
+POOL = declared_pool(4)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from deepops_infra.ledger.schema import Event, GpuLease, Machine, UsageInterval
+from tests.conftest import declared_pool
 
 pytestmark = pytest.mark.ansible
 
@@ -169,15 +170,7 @@ hosts:
 
 def test_two_up_race_for_the_last_gpu(deepops):
     """Declared GPU indexes: two `up` at the same moment for the one free GPU, exactly one wins."""
-    deepops.write_pool("""
-hosts:
-  - name: localhost
-    connection: local
-    rates: {gpu_hour: 2, host_hour: 0.1}
-    gpus:
-      - {index: 0, model: A100-80GB}
-      - {index: 1, model: A100-80GB}
-""")
+    deepops.write_pool(declared_pool(2))
     first = deepops.json("up", "--gpus", "A100:1", "--ttl", "1h", "--yes")
     assert first["gpu_indexes"] == [0]
     racers = [deepops.popen("up", "--gpus", "A100:1", "--ttl", "1h", "--yes", "--json") for _ in range(2)]
