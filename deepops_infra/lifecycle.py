@@ -159,8 +159,14 @@ class Lifecycle:
             ttl = timedelta(seconds=machine.request["ttl"])
             self._step(machine, states.READY, "ready", ready_at=ready, expires_at=ready + ttl)
             return machine
-        except (DeepopsError, ProvisionError, KeyboardInterrupt, SystemExit) as exc:
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else str(exc)
+        except (Exception, KeyboardInterrupt, SystemExit) as exc:
+            # Whatever stopped the launch, the machine must not be left half-made.
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                reason = "interrupted"
+            elif isinstance(exc, DeepopsError | ProvisionError):
+                reason = str(exc)
+            else:
+                reason = f"internal error: {type(exc).__name__}: {exc}"
             self.fail(machine, reason, teardown=not keep_on_failure, created=created)
             if isinstance(exc, ProvisionError):
                 raise OperationError(f"{machine.id} failed: {exc}") from None
@@ -219,8 +225,10 @@ class Lifecycle:
             row = store.find_machine(session, machine.id, for_update=True)
             if row.ended_at is not None:
                 raise UserError(f"{row.id} already ended ({row.status} at {row.ended_at:%Y-%m-%d %H:%M}Z)")
-            if row.status != states.FAILED and row.status != states.TERMINATING:
+            if states.can_transition(row.status, states.TERMINATING):
                 store.transition(session, row, states.TERMINATING, reason)
+            elif states.can_transition(row.status, states.FAILED):  # released before it was provisioned
+                store.transition(session, row, states.FAILED, f"{reason} before it was provisioned")
             machine.status = row.status
         with self.progress.step(f"releasing {machine.id} on {machine.host or machine.region}"):
             self._teardown(machine, reason)
@@ -229,29 +237,27 @@ class Lifecycle:
         start = machine.created_at
         return Ended(machine, spent, (machine.ended_at or store.now()) - start)
 
-    # -- extend ------------------------------------------------------------------------------
 
-    def extend(self, ref: str, ttl: timedelta) -> Machine:
-        with self.ledger.write() as session:
-            machine = store.find_machine(session, ref, for_update=True)
-            if machine.ended_at is not None or machine.status in (states.FAILED, states.TERMINATING):
-                raise UserError(f"{machine.id} is {machine.status}; only a live machine can be extended")
-            at = store.now()
-            new_expiry = max(machine.expires_at, at) + ttl
-            lifetime = new_expiry - (machine.ready_at or machine.created_at)
-            check_ttl(
-                lifetime, self.settings.config.policy_for(machine.team), machine.team, what="the machine's lifetime"
-            )
-            store.add_event(
-                session,
-                machine,
-                "extend",
-                f"extended by {ttl}",
-                data={"from": machine.expires_at.isoformat(), "to": new_expiry.isoformat()},
-                at=at,
-            )
-            machine.expires_at = new_expiry
-            return machine
+def extend(settings: Settings, ledger: Ledger, ref: str, ttl: timedelta) -> Machine:
+    """Push a machine's expiry back by `ttl`; its whole lifetime stays within the team's max_ttl."""
+    with ledger.write() as session:
+        machine = store.find_machine(session, ref, for_update=True)
+        if machine.ended_at is not None or machine.status in (states.FAILED, states.TERMINATING):
+            raise UserError(f"{machine.id} is {machine.status}; only a live machine can be extended")
+        at = store.now()
+        new_expiry = max(machine.expires_at, at) + ttl
+        lifetime = new_expiry - (machine.ready_at or machine.created_at)
+        check_ttl(lifetime, settings.config.policy_for(machine.team), machine.team, what="the machine's lifetime")
+        store.add_event(
+            session,
+            machine,
+            "extend",
+            f"extended by {ttl}",
+            data={"from": machine.expires_at.isoformat(), "to": new_expiry.isoformat()},
+            at=at,
+        )
+        machine.expires_at = new_expiry
+        return machine
 
 
 def cost_line(ended: Ended) -> str:

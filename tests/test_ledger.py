@@ -14,7 +14,7 @@ from deepops_infra.intake import Options, build_request
 from deepops_infra.ledger import store
 from deepops_infra.ledger.db import HEAD_REVISION, Ledger, current_revision
 from deepops_infra.ledger.schema import Event, GpuLease, Machine, UsageInterval
-from deepops_infra.lifecycle import Lifecycle
+from deepops_infra.lifecycle import Lifecycle, extend
 from deepops_infra.progress import QuietProgress
 from deepops_infra.providers.onprem.provider import OnpremProvider
 from tests.conftest import declared_pool
@@ -146,12 +146,11 @@ def test_extend_within_and_beyond_policy(home, ledger_url):
     settings = Settings.from_env()
     ledger = Ledger(settings.ledger_url)
     machine = record("0", team="small")
-    lifecycle = Lifecycle(settings, ledger, None, QuietProgress())  # type: ignore[arg-type]
     before = machine.expires_at
-    extended = lifecycle.extend(machine.id, timedelta(hours=1))
+    extended = extend(settings, ledger, machine.id, timedelta(hours=1))
     assert extended.expires_at == before + timedelta(hours=1)
     with pytest.raises(PolicyError, match="team small, rule max_ttl"):
-        lifecycle.extend(machine.id, timedelta(hours=5))
+        extend(settings, ledger, machine.id, timedelta(hours=5))
     with ledger.read() as session:
         assert session.get(Machine, machine.id).expires_at == before + timedelta(hours=1)
         assert [e.kind for e in store.events(session, machine.id)] == ["transition", "extend"]

@@ -250,3 +250,29 @@ def test_down_during_interrupt_marks_failed(sqlite_deepops):
     [machine] = sqlite_deepops.json("ls", "--all")
     assert machine["status"] == "failed" and machine["status_reason"] == "interrupted" and machine["ended_at"]
     assert list(Path(sqlite_deepops.home / "workspaces").glob("m-*")) == []
+
+
+def test_down_ends_a_machine_that_never_got_provisioned(deepops, monkeypatch):
+    """A crash right after the ledger write leaves a `requested` row holding GPUs; `down` ends it."""
+    from deepops_infra.config import Settings
+    from deepops_infra.intake import Options, build_request
+    from deepops_infra.lifecycle import Lifecycle
+    from deepops_infra.progress import QuietProgress
+    from deepops_infra.providers.onprem.provider import OnpremProvider
+
+    deepops.write_pool(declared_pool(1))
+    for var in ("DEEPOPS_HOME", "DEEPOPS_LEDGER_URL"):
+        monkeypatch.setenv(var, deepops.env[var])
+    settings = Settings.from_env()
+    ledger = deepops.ledger()
+    provider = OnpremProvider(settings, ledger)
+    request, image = build_request(settings, Options(gpus="A100:1", ttl="1h"))
+    machine = Lifecycle(settings, ledger, provider, QuietProgress()).record(
+        request, image, provider.plan(request, image)
+    )
+    assert deepops.run("up", "--gpus", "A100:1", "--ttl", "1h", "--yes").returncode == 2  # the GPU is held
+    deepops.run("down", machine.id, "--yes", check=True)
+    [ended] = deepops.json("ls", "--all")
+    assert ended["status"] == "failed" and "before it was provisioned" in ended["status_reason"] and ended["ended_at"]
+    with ledger.read() as session:
+        assert session.scalars(select(GpuLease).where(GpuLease.released_at.is_(None))).all() == []

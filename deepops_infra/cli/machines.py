@@ -307,7 +307,7 @@ def ssh(
     ledger = open_ledger(s)
     with ledger.read() as session:
         m = store.find_machine(session, machine_ref)
-    if m.ended_at is not None or (not (m.provider_refs or {}).get("workspace") and m.cloud == "onprem"):
+    if m.ended_at is not None:
         from deepops_infra.errors import UserError
 
         raise UserError(f"{m.id} is {m.status}; only a running machine has a shell")
@@ -322,15 +322,14 @@ def extend(
     json_out: Json = False,
 ) -> None:
     """Push a machine's expiry back (never past the team's maximum TTL)."""
-    from deepops_infra.lifecycle import Lifecycle
-    from deepops_infra.progress import QuietProgress
+    from deepops_infra.lifecycle import extend as extend_machine
     from deepops_infra.request import parse_ttl
     from deepops_infra.views import machine_json
 
     delta = parse_ttl(ttl)
     s = settings()
     ledger = open_ledger(s)
-    m = Lifecycle(s, ledger, None, QuietProgress()).extend(machine_ref, delta)  # type: ignore[arg-type]
+    m = extend_machine(s, ledger, machine_ref, delta)
     if json_out:
         print_json(machine_json(m))
     else:

@@ -288,6 +288,8 @@ class OnpremProvider(Provider):
 
     def shell_command(self, machine: Machine, command: list[str] | None) -> list[str]:
         refs = machine.provider_refs or {}
+        if not refs.get("workspace"):
+            raise UserError(f"{machine.id} is {machine.status}: its lease has no workspace yet")
         env_file = f"{refs['workspace']}/.deepops/env.sh"
         inner = ["bash", "-c", '. "$0" && exec "$@"', env_file, *(command or ["bash", "-il"])]
         host = self._host(machine)
