@@ -1,15 +1,19 @@
 """Step-by-step progress on stderr (stdout stays clean for --json)."""
 
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 
 class Progress(Protocol):
-    def step(self, title: str) -> "contextmanager[None]": ...  # type: ignore[valid-type]
-    def detail(self, text: str) -> None: ...
+    def step(self, title: str) -> AbstractContextManager[None]:
+        """A named step: shown done with its duration, or failed if the block raises."""
+        ...
+
+    def detail(self, text: str) -> None:
+        """What the current step is doing now (e.g. the Ansible task)."""
+        ...
 
 
 class QuietProgress:
@@ -57,4 +61,4 @@ class ConsoleProgress:
 
 
 def make_progress(enabled: bool) -> Progress:
-    return ConsoleProgress() if enabled and sys.stderr else QuietProgress()
+    return ConsoleProgress() if enabled else QuietProgress()

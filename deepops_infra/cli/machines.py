@@ -47,14 +47,15 @@ def _prepare(opts, like_ref):  # type: ignore[no-untyped-def]
     from deepops_infra.providers import get_provider
 
     s = settings()
-    like = None
+    like, ledger = None, None
     if like_ref:
         from deepops_infra.ledger import store
 
-        with open_ledger(s).read() as session:
+        ledger = open_ledger(s)
+        with ledger.read() as session:
             like = store.find_machine(session, like_ref)
     request, image = build_request(s, opts, like)
-    ledger = open_ledger(s)
+    ledger = ledger or open_ledger(s)
     provider = get_provider(request.cloud, s, ledger)
     plans = provider.plan(request, image)
     return s, ledger, provider, request, image, plans

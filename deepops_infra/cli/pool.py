@@ -66,16 +66,13 @@ def add(
         raise UserError("--gpu-indexes / --declare-gpus: indexes are numbers separated by commas, e.g. 0,1") from None
     host = parse_host_entry(entry, s.pool_path)
     if detect and host.declared_gpus is None:
-        from deepops_infra.ledger.schema import HostInventory
         from deepops_infra.providers.onprem.inventory import detect as detect_gpus
 
         found = detect_gpus(s, [host])[host.name]
         if isinstance(found, str):
             raise UserError(f"cannot reach {name}: {found}; fix the address/user/key or add --no-detect")
         with open_ledger(s).write() as session:
-            session.merge(
-                HostInventory(**{c: getattr(found.to_cache(), c) for c in ("host", "detected_at", "gpus", "facts")})
-            )
+            session.merge(found.to_cache())
         info(
             f"{name}: {len(found.gpus)} GPU(s) detected"
             + (f": {', '.join(g.name for g in found.gpus)}" if found.gpus else "")
