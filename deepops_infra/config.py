@@ -19,6 +19,10 @@ from deepops_infra.yamlfile import FileError, Mapping, load_yaml
 
 _LABEL_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 CLOUDS = ("onprem", "aws", "gcp", "azure")
+# Top-level sections parsed by the modules that own them (Config.section): each cloud's settings
+# (regions, endpoint overrides, credentials profile), the Pulumi engine, the reaper and agent,
+# notifications, budgets, and the team server.
+SECTIONS = ("aws", "gcp", "azure", "engine", "reaper", "agent", "notify", "budgets", "server")
 TARGETS = (*CLOUDS, "auto")
 
 
@@ -55,9 +59,19 @@ class Config:
     team_policies: dict[str, TeamPolicy] = field(default_factory=dict)
     ledger_url: str | None = None
     pool_file: Path | None = None
+    sections: dict[str, Any] = field(default_factory=dict)
 
     def policy_for(self, team: str) -> TeamPolicy:
         return self.team_policies.get(team, self.default_policy)
+
+    def section(self, name: str) -> Mapping:
+        """A section owned by another module (see SECTIONS), as parsed YAML that knows its lines.
+
+        The owning module validates it and raises FileError(config.path, section.line_of(key), ...).
+        """
+        assert name in SECTIONS, f"{name} is not a registered configuration section"
+        value = self.sections.get(name)
+        return value if isinstance(value, Mapping) else Mapping()
 
 
 def _gpu_model(name: str, path: Path, line: int) -> str:
@@ -134,7 +148,7 @@ def parse_config(raw: Any, path: Path) -> Config:
         return Config(path=path)
     if not isinstance(raw, Mapping):
         raise FileError(path, 1, "the configuration must be a mapping")
-    known = {"defaults", "policy", "ledger_url", "pool_file"}
+    known = {"defaults", "policy", "ledger_url", "pool_file", *SECTIONS}
     for key in raw:
         if key not in known:
             raise FileError(path, raw.line_of(key), f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
@@ -161,6 +175,7 @@ def parse_config(raw: Any, path: Path) -> Config:
         team_policies=teams,
         ledger_url=raw.get("ledger_url"),
         pool_file=pool_file,
+        sections={name: raw[name] for name in SECTIONS if name in raw},
     )
 
 

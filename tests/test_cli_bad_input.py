@@ -104,7 +104,7 @@ policy:
 
 
 def test_cloud_not_available_yet(sqlite_deepops):
-    assert_one_line_error(sqlite_deepops.run(*UP, "--cloud", "gcp"), "not available yet", "--cloud onprem")
+    assert_one_line_error(sqlite_deepops.run(*UP, "--cloud", "gcp"), "not available yet", "onprem")
 
 
 def test_machine_commands_on_unknown_ids(sqlite_deepops):

@@ -6,7 +6,9 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -139,3 +141,49 @@ class HostInventory(Base):
     detected_at: Mapped[datetime] = mapped_column(UTCDateTime)
     gpus: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     facts: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class UtilizationSample(Base):
+    """One reading of a machine's activity (agent, cloud metrics or nvidia-smi), covering
+    [at - interval_seconds, at]. `active` is None when the signals could not be read, which
+    counts as active (DESIGN invariant 5). Costs read idle GPU-hours from these."""
+
+    __tablename__ = "utilization_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    interval_seconds: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(32))
+    gpu_util_percent: Mapped[float | None] = mapped_column(Float)
+    gpu_mem_percent: Mapped[float | None] = mapped_column(Float)
+    active: Mapped[bool | None] = mapped_column(Boolean)
+    signals: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_utilization_samples_machine_at", "machine_id", "at"),)
+
+
+class Notification(Base):
+    """A message sent once (reaper warnings, budget alerts): the unique key makes "once" hold
+    across processes and restarts."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    machine_id: Mapped[str | None] = mapped_column(ForeignKey("machines.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class InstallationSetting(Base):
+    """Facts about this installation, e.g. `installation_id`, generated once and tagged on
+    every cloud resource so two deployments can share an account without touching each other."""
+
+    __tablename__ = "installation"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

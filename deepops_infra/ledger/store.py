@@ -157,3 +157,15 @@ def leased_gpus(session: Session, machine_id: str) -> list[int]:
             select(GpuLease.gpu_index).where(GpuLease.machine_id == machine_id, GpuLease.released_at.is_(None))
         )
     )
+
+
+def installation_id(ledger_write_session: Session) -> str:
+    """This installation's ID (generated once), tagged on every resource it creates."""
+    from deepops_infra.ledger.schema import InstallationSetting
+
+    row = ledger_write_session.get(InstallationSetting, "installation_id")
+    if row is None:
+        row = InstallationSetting(key="installation_id", value=f"inst-{secrets.token_hex(6)}")
+        ledger_write_session.add(row)
+        ledger_write_session.flush()
+    return row.value

@@ -9,20 +9,20 @@ if TYPE_CHECKING:
     from deepops_infra.ledger.db import Ledger
     from deepops_infra.providers.base import Provider
 
-IMPLEMENTED = ("onprem",)
+# cloud -> "module:Class"; a provider is imported only when a command needs it.
+PROVIDERS: dict[str, str] = {
+    "onprem": "deepops_infra.providers.onprem.provider:OnpremProvider",
+}
 
 
 def get_provider(cloud: str, settings: "Settings", ledger: "Ledger") -> "Provider":
     """The provider for a target; imported on demand so unused SDKs are never loaded."""
-    if cloud == "onprem":
-        from deepops_infra.providers.onprem.provider import OnpremProvider
+    import importlib
 
-        return OnpremProvider(settings, ledger)
     if cloud == "auto":
-        # Until the cloud providers land, the only target `auto` can place on is the pool.
-        from deepops_infra.providers.onprem.provider import OnpremProvider
-
-        return OnpremProvider(settings, ledger)
-    raise UserError(
-        f"--cloud {cloud}: this target is not available yet; use --cloud onprem (available: {', '.join(IMPLEMENTED)})"
-    )
+        # Until placement across clouds lands, the only target `auto` can place on is the pool.
+        cloud = "onprem"
+    if cloud not in PROVIDERS:
+        raise UserError(f"--cloud {cloud}: this target is not available yet; use one of: {', '.join(PROVIDERS)}")
+    module, _, name = PROVIDERS[cloud].partition(":")
+    return getattr(importlib.import_module(module), name)(settings, ledger)
