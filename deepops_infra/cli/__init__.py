@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from deepops_infra.cli import doctor, machines, pool
+from deepops_infra.cli import catalog, cost, doctor, machines, pool, reap
 from deepops_infra.errors import DeepopsError
 
 app = typer.Typer(
@@ -21,6 +21,11 @@ machines.register(app)
 app.add_typer(pool.app, name="pool")
 app.add_typer(machines.images_app, name="images")
 app.command(name="doctor")(doctor.doctor)
+app.command(name="reap")(reap.reap)
+app.add_typer(catalog.app, name="catalog")
+app.command(name="gpus")(catalog.gpus)
+machines.images_app.command("verify")(catalog.images_verify)
+app.add_typer(cost.app, name="cost")
 
 
 def _fail(message: str, code: int) -> None:
