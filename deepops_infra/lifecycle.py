@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from deepops_infra import states
 from deepops_infra.config import Settings
+from deepops_infra.costs.budgets import check_team_budget
 from deepops_infra.errors import DeepopsError, OperationError, UserError
 from deepops_infra.images import Image
 from deepops_infra.ledger import store
@@ -63,6 +64,7 @@ class Lifecycle:
                             "pick another name or end that machine first"
                         )
                     check_running(request, policy, store.running_gpus(session, request.team))
+                    check_team_budget(self.settings.config, session, request.team)
                     at = store.now()
                     machine = Machine(
                         id=store.new_machine_id(),

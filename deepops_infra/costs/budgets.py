@@ -192,16 +192,11 @@ def month_spend(session: Any, dialect: str, team: str, now: datetime) -> Decimal
 
     from deepops_infra.costs import query
     from deepops_infra.costs.report import dollars_of
-    from deepops_infra.ledger.schema import Machine
 
     period = Period.current_month(now)
     window = query.Window(query.to_us(period.start), query.to_us(now), query.to_us(now), 0)
-    pc = query.pieces(dialect, period.start, period.end, window, None)
-    total = session.execute(
-        select(func.sum(query.micro_cost(pc.c.price, pc.c.cost_us)))
-        .select_from(pc.join(Machine, Machine.id == pc.c.machine_id))
-        .where(Machine.team == team, pc.c.kind == 0)
-    ).scalar()
+    pc = query.pieces(dialect, period.start, period.end, window, None, team=team)
+    total = session.execute(select(func.sum(query.micro_cost(pc.c.price, pc.c.cost_us))).where(pc.c.kind == 0)).scalar()
     return dollars_of(total)
 
 

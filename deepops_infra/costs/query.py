@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    true,
     type_coerce,
     union_all,
 )
@@ -102,7 +103,7 @@ def _price_micro(dialect: str) -> ColumnElement[int]:
     return cast(UsageInterval.price_per_hour * US, BigInteger)
 
 
-def _intervals(dialect: str, start: datetime, end: datetime, now_us: int) -> Any:
+def _intervals(dialect: str, start: datetime, end: datetime, now_us: int, team: str | None = None) -> Any:
     """Usage intervals overlapping the period, with integer times (fenced: computed once per row)."""
     ended = UsageInterval.ended_at
     return (
@@ -115,6 +116,7 @@ def _intervals(dialect: str, start: datetime, end: datetime, now_us: int) -> Any
             case((ended.is_(None), 1), else_=0).label("open"),
         )
         .where(UsageInterval.started_at < end, (ended.is_(None)) | (ended > start))
+        .where(UsageInterval.machine_id.in_(select(Machine.id).where(Machine.team == team)) if team else true())
         .offset(0)  # an optimisation fence on both databases: no re-evaluation per reference
         .subquery("iv")
     )
@@ -150,12 +152,19 @@ def _idle_samples(dialect: str, start: datetime) -> Any:
     )
 
 
-def pieces(dialect: str, start: datetime, end: datetime, window: Window, buckets: Sequence[tuple[int, int]] | None):
+def pieces(
+    dialect: str,
+    start: datetime,
+    end: datetime,
+    window: Window,
+    buckets: Sequence[tuple[int, int]] | None,
+    team: str | None = None,
+) -> Any:
     """One row per (interval or idle stretch) x bucket: machine, bucket, cost and idle durations.
 
     Columns: machine_id, bucket, price, gpus, cost_us, idle_us, open, proj_us, kind (0 cost, 1 idle).
     """
-    iv = _intervals(dialect, start, end, window.now_us)
+    iv = _intervals(dialect, start, end, window.now_us, team)
     if buckets is None:
         b0, b1, bucket, bucket_from = literal(window.start_us, BigInteger), literal(window.end_us, BigInteger), None, []
     else:
