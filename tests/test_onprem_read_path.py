@@ -44,5 +44,6 @@ def test_discover_and_utilization(tmp_path, monkeypatch):
     machine.provider_refs = {"gpu_indexes": [0]}
     idle = provider.utilization(machine)
     assert idle.gpu_percent == [0.0] and idle.active is False
+    (settings.workspaces / machine.id).mkdir(parents=True)  # discover reads the hosts, not the ledger
     [found] = provider.discover()
     assert found.machine_id == machine.id and found.location == "localhost"

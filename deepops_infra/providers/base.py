@@ -69,14 +69,20 @@ class Utilization:
     gpu_percent: list[float]
     gpu_memory_percent: list[float]
     active: bool | None = None  # None: could not be read (counts as active)
+    # When the machine was last in use by any signal, where the source knows (the agent does).
+    last_active_at: datetime | None = None
+    source: str = "provider"
+    signals: dict[str, Any] | None = None
+    ended_by_agent: str | None = None  # the dead-man switch's reason, when it ended the machine
 
 
 class ProvisionError(Exception):
     """Creating resources failed. `created` says whether anything may exist that needs teardown."""
 
-    def __init__(self, message: str, created: bool) -> None:
+    def __init__(self, message: str, created: bool, retryable: bool = False) -> None:
         super().__init__(message)
         self.created = created
+        self.retryable = retryable  # no capacity or quota for this offer: the next offer may work
 
 
 class Provider(ABC):
@@ -125,3 +131,26 @@ class Provider(ABC):
     def doctor(self) -> list[tuple[str, bool, str]]:
         """(check, ok, detail) rows for `deepops doctor`."""
         return []
+
+    def preflight(self, plans: list[Plan]) -> None:
+        """Raise UserError when the plans cannot be acted on from here (missing CLI or credentials),
+        before anything is written."""
+        return None
+
+    def image_pin(self, image: "Image", region: str | None) -> str | None:
+        """The image's immutable pin on this target in `region`; None when it has none there."""
+        return image.pin_for(self.cloud)
+
+    # -- reaper hooks (defaults are the safe answer) ------------------------------------------
+
+    def confirm_gone(self, machine: "Machine") -> datetime | None:
+        """When the machine's resources were confirmed gone (a ghost), or None when unknown."""
+        return None
+
+    def checkin(self, machine: "Machine", control: dict[str, Any]) -> None:
+        """Tell the machine's agent the control plane is alive (and its current expiry)."""
+        return None
+
+    def terminate_resource(self, resource: Resource) -> None:
+        """Break-glass: remove a tagged resource that has no live ledger row (an orphan)."""
+        raise NotImplementedError(f"{self.cloud}: removing orphans is not supported")

@@ -5,8 +5,11 @@ CUDA_VISIBLE_DEVICES set to the leased GPUs. Exclusivity is the ledger's job: `g
 unique index over (host, gpu_index) for active leases, so two `up` can never hold the same GPU.
 """
 
+import json
+import os
 import shlex
-from datetime import UTC, datetime
+import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +18,7 @@ from sqlalchemy import select, update
 from deepops_infra.ansible import PlayResult, run_playbook
 from deepops_infra.config import Settings
 from deepops_infra.errors import CapacityError, OperationError, UserError
+from deepops_infra.ledger import store
 from deepops_infra.ledger.db import Ledger
 from deepops_infra.ledger.schema import GpuLease, Machine
 from deepops_infra.pool import Pool, PoolHost, load_pool
@@ -39,6 +43,7 @@ class OnpremProvider(Provider):
         self.ledger = ledger
         self._pool: Pool | None = None
         self._capacity: dict[str, HostCapacity] = {}
+        self._scanned: dict[str, set[str]] = {}  # host -> lease workspaces found by discover()
 
     @property
     def pool(self) -> Pool:
@@ -205,6 +210,7 @@ class OnpremProvider(Provider):
                 "pinned_env_lock_sha256": image.onprem.sha256,
                 "pinned_env_python": host.python,
                 "pinned_env_pip_cache": str(Path(workspace).parent / ".pip-cache"),
+                **self._agent_vars(machine, host, workspace),
             },
             progress,
         )
@@ -250,30 +256,173 @@ class OnpremProvider(Provider):
 
     # -- read path ---------------------------------------------------------------------------
 
+    def _agent_vars(self, machine: Machine, host: PoolHost, workspace: str) -> dict[str, Any]:
+        """The agent role's variables (configure installs and starts it in the lease)."""
+        from deepops_infra.agent.settings import AGENT_SOURCE, AgentSettings
+
+        agent = AgentSettings.load(self.settings)
+        if not agent.enabled:
+            return {}
+        with self.ledger.write() as session:
+            installation = store.installation_id(session)
+        # The TTL counts from ready, a moment after this; the reaper's check-ins carry the exact expiry.
+        expires = datetime.now(UTC) + timedelta(seconds=int(machine.request["ttl"]))
+        config = agent.machine_config(
+            machine_id=machine.id,
+            installation_id=installation,
+            mode="onprem",
+            state_dir=f"{workspace}/.deepops/agent",
+            expires_at=expires.isoformat(),
+            idle_timeout_seconds=int(machine.request.get("idle_timeout") or 3600),
+            workspace=workspace,
+            gpu_indexes=list((machine.provider_refs or {}).get("gpu_indexes") or []),
+        )
+        return {"agent_config": config, "agent_source": str(AGENT_SOURCE), "agent_python": host.python}
+
+    def _ssh(self, host: PoolHost) -> list[str]:
+        ssh = [
+            "ssh",
+            "-p",
+            str(host.port),
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            f"UserKnownHostsFile={self.settings.home / 'known_hosts'}",
+            "-o",
+            "BatchMode=yes",
+        ]
+        if host.key:
+            ssh += ["-i", str(Path(host.key).expanduser())]
+        return ssh
+
+    def _on_host(self, host: PoolHost, argv: list[str], stdin: str | None = None) -> str:
+        """Run a short command on the host (locally or over SSH); its stdout, or OperationError."""
+        if host.connection != "local":
+            target = f"{host.user}@{host.address}" if host.user else host.address
+            argv = [*self._ssh(host), "-o", "ConnectTimeout=10", target, shlex.join(argv)]
+        try:
+            proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise OperationError(f"{host.name}: {exc}") from None
+        if proc.returncode != 0:
+            raise OperationError(f"{host.name}: {' '.join(proc.stderr.split())[:300] or f'exit {proc.returncode}'}")
+        return proc.stdout
+
+    @staticmethod
+    def _agent_dir(machine: Machine) -> str | None:
+        workspace = (machine.provider_refs or {}).get("workspace")
+        return f"{workspace}/.deepops/agent" if workspace else None
+
+    def _scan(self, host: PoolHost, root: str) -> list[dict[str, Any]]:
+        from deepops_infra.providers.onprem import workspaces
+
+        if host.connection == "local":
+            return workspaces.scan(root)
+        source = Path(workspaces.__file__).read_text()
+        return json.loads(self._on_host(host, [host.python, "-", root], stdin=source))
+
     def discover(self) -> list[Resource]:
-        """Active leases the ledger holds, checked against the workspaces found on the hosts."""
+        """The lease workspaces found on every reachable pool host, tagged like cloud resources.
+
+        A workspace is this installation's when its agent says so, or when it lies under this
+        installation's own home (localhost's default root); otherwise it carries no installation
+        tag and the reaper leaves it alone. Hosts that cannot be listed are skipped, so nothing
+        on them is ever taken for gone.
+        """
+        with self.ledger.write() as session:
+            installation = store.installation_id(session)
+        home = self.settings.home.resolve()
+        self._scanned = {}
         resources = []
-        with self.ledger.read() as session:
-            rows = session.execute(
-                select(Machine.id, Machine.host, Machine.provider_refs).where(
-                    Machine.cloud == "onprem", Machine.ended_at.is_(None)
+        for host in self.pool.hosts:
+            root = self.workspace_root(host)
+            try:
+                found = self._scan(host, root)
+            except (OperationError, ValueError):
+                continue
+            self._scanned[host.name] = {f["name"] for f in found}
+            ours = host.connection == "local" and Path(root).resolve().is_relative_to(home)
+            for lease in found:
+                tags = {"deepops-managed": "true", "deepops-machine": lease["name"]}
+                if owner := lease["installation_id"] or (installation if ours else None):
+                    tags["deepops-installation"] = owner
+                if lease["protect"]:
+                    tags["deepops-protect"] = "true"
+                resources.append(
+                    Resource(
+                        cloud="onprem",
+                        machine_id=lease["name"],
+                        resource_id=lease["path"],
+                        state="ended" if lease["ended"] else "leased",
+                        tags=tags,
+                        location=host.name,
+                    )
                 )
-            ).all()
-        for machine_id, host, refs in rows:
-            resources.append(
-                Resource(
-                    cloud="onprem",
-                    machine_id=machine_id,
-                    resource_id=(refs or {}).get("workspace") or machine_id,
-                    state="leased",
-                    location=host,
-                )
-            )
         return resources
 
-    def utilization(self, machine: Machine) -> Utilization | None:
-        """A fresh nvidia-smi reading of the leased GPUs (the agent takes over in the reaper issue)."""
+    def confirm_gone(self, machine: Machine) -> datetime | None:
+        """Gone when the last discover() listed the machine's host and its workspace was not there."""
+        names = self._scanned.get(machine.host or "")
+        if names is None or machine.id in names:
+            return None
+        return datetime.now(UTC)
+
+    def terminate_resource(self, resource: Resource) -> None:
+        """Release a lease workspace that has no live machine (its processes, then the workspace)."""
+        host = self.pool.get(resource.location or "")
+        name = resource.machine_id or Path(resource.resource_id).name
+        result = run_playbook(
+            self.settings,
+            "release",
+            [host],
+            {"release_machine_id": name, "release_workspace": resource.resource_id},
+            ident=f"{name}-orphan-{datetime.now(UTC):%H%M%S%f}",
+        )
+        if not result.ok:
+            raise OperationError(result.error(f"releasing orphan {name} on {host.name} failed"))
+
+    def checkin(self, machine: Machine, control: dict[str, Any]) -> None:
+        """Write the agent's checkin.json: the control plane is alive, and the current expiry."""
+        state_dir = self._agent_dir(machine)
+        if not state_dir:
+            return
+        data = json.dumps(control)
         host = self._host(machine)
+        if host.connection == "local":
+            if not os.path.isdir(state_dir):
+                return
+            tmp = f"{state_dir}/checkin.json.tmp"
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(data)
+            os.replace(tmp, f"{state_dir}/checkin.json")
+            return
+        quoted = shlex.quote(state_dir)
+        tmp, final = f"{quoted}/checkin.json.tmp", f"{quoted}/checkin.json"
+        script = f"[ ! -d {quoted} ] || {{ umask 077; cat > {tmp} && mv {tmp} {final}; }}"
+        self._on_host(host, ["sh", "-c", script], stdin=data)
+
+    def utilization(self, machine: Machine) -> Utilization | None:
+        """The agent's status where the lease has an agent; else a fresh nvidia-smi reading."""
+        from deepops_infra.agent import status as agent_status
+
+        state_dir = self._agent_dir(machine)
+        host = self._host(machine)
+        if state_dir:
+            if host.connection == "local":
+                if os.path.exists(f"{state_dir}/config.json"):
+                    try:
+                        return agent_status.from_status(Path(state_dir, "status.json").read_text())
+                    except OSError as exc:
+                        return agent_status.unreadable(f"agent status: {exc}")
+            else:
+                quoted = shlex.quote(state_dir)
+                script = f"if [ -f {quoted}/config.json ]; then echo agent; cat {quoted}/status.json 2>/dev/null; fi"
+                try:
+                    out = self._on_host(host, ["sh", "-c", script])
+                except OperationError as exc:
+                    return agent_status.unreadable(str(exc))
+                if out.startswith("agent"):
+                    return agent_status.from_status(out[len("agent") :].strip())
         found = detect(self.settings, [host])[host.name]
         now = datetime.now(UTC)
         if isinstance(found, str):
@@ -295,19 +444,7 @@ class OnpremProvider(Provider):
         host = self._host(machine)
         if host.connection == "local":
             return inner
-        ssh = [
-            "ssh",
-            "-p",
-            str(host.port),
-            "-o",
-            "StrictHostKeyChecking=accept-new",
-            "-o",
-            f"UserKnownHostsFile={self.settings.home / 'known_hosts'}",
-            "-o",
-            "BatchMode=yes",
-        ]
-        if host.key:
-            ssh += ["-i", str(Path(host.key).expanduser())]
+        ssh = self._ssh(host)
         if command is None:
             ssh.append("-t")
         target = f"{host.user}@{host.address}" if host.user else host.address

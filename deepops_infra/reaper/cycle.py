@@ -1,0 +1,571 @@
+"""One reaper cycle.
+
+1. Discover every provider's reality (first, so any resource found has its ledger row already:
+   rows are written before resources exist).
+2. Reconcile with the ledger: an orphan is a resource of this installation with no live row; a
+   ghost is a live row whose resources are confirmed gone (closed at the confirmed time).
+3. Evaluate the policies for every live machine (reaper/policy.py), reading utilization and
+   checking in with each machine's agent.
+4. Warn (webhook, once per episode), and once the grace is over act: tear down through the
+   provider with the lifecycle, which closes the record only on confirmed termination.
+
+Guards: resources without `deepops-managed=true`, of another installation or with
+`deepops-protect=true` are never acted on; a cap bounds the destructive actions per cycle; a
+per-machine lock (reaper/lock.py) and a re-read of the row under it make two reapers act on a
+machine exactly once. Every action is an event with its reason.
+"""
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from deepops_infra import states
+from deepops_infra.config import Settings
+from deepops_infra.errors import DeepopsError
+from deepops_infra.ledger import store
+from deepops_infra.ledger.db import Ledger
+from deepops_infra.ledger.schema import Event, Machine, Notification, UtilizationSample
+from deepops_infra.lifecycle import Lifecycle
+from deepops_infra.progress import QuietProgress
+from deepops_infra.providers.base import Provider, Resource, Utilization
+from deepops_infra.reaper import guards
+from deepops_infra.reaper.lock import MachineLocks
+from deepops_infra.reaper.policy import LIVE_STATES, Due, MachineFacts, evaluate
+from deepops_infra.reaper.settings import ReaperSettings
+
+DESTRUCTIVE = ("teardown", "fail", "close-ghost", "terminate-orphan")
+# Which destructive actions go first when the cap stops a cycle short.
+PRIORITY = {
+    "agent-ended": 0,
+    "setup-failed": 1,
+    "teardown-stuck": 2,
+    "setup-stuck": 3,
+    "ghost": 4,
+    "ttl-expired": 5,
+    "policy-max-ttl": 6,
+    "idle": 7,
+    "orphan": 8,
+}
+GHOST_STATES = (states.READY, states.IDLE, states.TERMINATING, states.FAILED)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Action:
+    kind: str  # warn | teardown | fail | close-ghost | terminate-orphan | mark-ready
+    reason: str
+    detail: str
+    cloud: str
+    machine_id: str | None = None
+    resource: Resource | None = None
+    owner: str | None = None
+    deadline: datetime | None = None
+    confirmed_at: datetime | None = None
+    key: str | None = None  # a warning's key: one message per machine, reason and episode
+    outcome: str = "planned"  # planned (dry run) | done | skipped | failed | capped
+    note: str | None = None
+
+    @property
+    def destructive(self) -> bool:
+        return self.kind in DESTRUCTIVE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.kind,
+            "machine": self.machine_id,
+            "resource": self.resource.resource_id if self.resource else None,
+            "cloud": self.cloud,
+            "owner": self.owner,
+            "reason": self.reason,
+            "detail": self.detail,
+            "deadline": _iso(self.deadline),
+            "outcome": self.outcome,
+            "note": self.note,
+        }
+
+
+@dataclass
+class Report:
+    started_at: datetime
+    dry_run: bool
+    installation_id: str = ""
+    duration_seconds: float = 0.0
+    machines_by_state: dict[str, int] = field(default_factory=dict)
+    resources: Counter[str] = field(default_factory=Counter)
+    actions: list[Action] = field(default_factory=list)
+    waiting: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    capped: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "started_at": _iso(self.started_at),
+            "dry_run": self.dry_run,
+            "installation_id": self.installation_id,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "machines_by_state": self.machines_by_state,
+            "resources": dict(self.resources),
+            "actions": [a.to_json() for a in self.actions],
+            "waiting": self.waiting,
+            "errors": self.errors,
+            "capped": self.capped,
+        }
+
+
+@dataclass
+class _Live:
+    machine: Machine
+    facts: MachineFacts
+    utilization: Utilization | None = None
+    samples: list[tuple[datetime, float, bool | None]] = field(default_factory=list)
+
+
+class Reaper:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        providers: dict[str, Provider] | None = None,
+        reaper_settings: ReaperSettings | None = None,
+    ) -> None:
+        """`providers` fixes the targets (tests); by default every target that may hold machines."""
+        self.settings = settings
+        self.ledger = ledger
+        self.rs = reaper_settings or ReaperSettings.load(settings)
+        self.fixed = providers is not None
+        self._providers: dict[str, Provider] = dict(providers or {})
+        self.locks = MachineLocks(ledger)
+
+    # -- targets ------------------------------------------------------------------------------
+
+    def provider(self, cloud: str) -> Provider:
+        if cloud not in self._providers:
+            from deepops_infra.providers import get_provider
+
+            self._providers[cloud] = get_provider(cloud, self.settings, self.ledger)
+        return self._providers[cloud]
+
+    def clouds(self, live: list[Machine]) -> list[str]:
+        if self.fixed:
+            return sorted(self._providers)
+        from deepops_infra.providers import PROVIDERS
+
+        wanted = {"onprem", *self.rs.clouds, *(m.cloud for m in live)}
+        wanted |= {c for c in PROVIDERS if c in self.settings.config.sections}
+        return sorted(wanted)
+
+    # -- the cycle ----------------------------------------------------------------------------
+
+    def run(self, dry_run: bool = False) -> Report:
+        t0 = time.monotonic()
+        now = store.now()
+        report = Report(started_at=now, dry_run=dry_run)
+        with self.ledger.write() as session:
+            report.installation_id = installation = store.installation_id(session)
+            clouds = self.clouds(store.list_machines(session))
+        found: dict[str, list[Resource]] = {}
+        for cloud in clouds:
+            try:
+                found[cloud] = self.provider(cloud).discover()
+            except Exception as exc:  # one target failing must not stop the others
+                report.errors.append(f"{cloud}: discovery failed: {type(exc).__name__}: {exc}")
+        live = self._load_live(now)
+        report.machines_by_state = dict(Counter(x.machine.status for x in live.values()))
+        actions: list[Action] = []
+        seen, ours, gone = self._classify(found, installation, report)
+        protected = {mid for mid, rs in ours.items() if any(guards.verdict(r, installation) == "protected" for r in rs)}
+        actions += self._orphans(ours, protected, live, now, report)
+        for item in live.values():
+            m = item.machine
+            if m.cloud not in found:
+                continue  # its target could not be listed: nothing is known, nothing is done
+            if m.id in protected:
+                report.waiting.append({"machine": m.id, "why": "protected (deepops-protect=true): never reaped"})
+                continue
+            if m.status in GHOST_STATES and m.id not in seen:
+                actions += self._ghost(item, gone.get(m.id), report)
+                continue
+            actions += self._evaluate(item, now, dry_run, report)
+        self._cap(actions, len(live) + sum(1 for a in actions if a.kind == "terminate-orphan"), report)
+        for action in actions:
+            if action.outcome == "capped":
+                continue
+            if dry_run:
+                action.outcome = "planned"
+                continue
+            self._execute(action, live, report)
+        report.actions = actions
+        report.duration_seconds = time.monotonic() - t0
+        return report
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _load_live(self, now: datetime) -> dict[str, _Live]:
+        with self.ledger.read() as session:
+            machines = store.list_machines(session)
+            ids = [m.id for m in machines]
+            progress: dict[str, datetime] = {}
+            extends: dict[str, datetime] = {}
+            samples: dict[str, list[tuple[datetime, float, bool | None]]] = defaultdict(list)
+            if ids:
+                for mid, kind, at in session.execute(
+                    select(Event.machine_id, Event.kind, func.max(Event.at))
+                    .where(Event.machine_id.in_(ids), Event.kind.in_(("transition", "extend")))
+                    .group_by(Event.machine_id, Event.kind)
+                ):
+                    (progress if kind == "transition" else extends)[mid] = at
+                longest = max((int(m.request.get("idle_timeout") or 0) for m in machines), default=0)
+                since = now - timedelta(seconds=longest) - 2 * self.rs.max_sample_gap
+                for mid, at, interval, active in session.execute(
+                    select(
+                        UtilizationSample.machine_id,
+                        UtilizationSample.at,
+                        UtilizationSample.interval_seconds,
+                        UtilizationSample.active,
+                    ).where(UtilizationSample.machine_id.in_(ids), UtilizationSample.at >= since)
+                ):
+                    samples[mid].append((at, float(interval), active))
+        return {
+            m.id: _Live(
+                machine=m,
+                facts=self._facts(m, progress.get(m.id), extends.get(m.id)),
+                samples=samples.get(m.id, []),
+            )
+            for m in machines
+        }
+
+    @staticmethod
+    def _facts(m: Machine, progress: datetime | None, extended: datetime | None) -> MachineFacts:
+        return MachineFacts(
+            id=m.id,
+            status=m.status,
+            created_at=m.created_at,
+            ready_at=m.ready_at,
+            expires_at=m.expires_at,
+            idle_timeout=timedelta(seconds=int(m.request.get("idle_timeout") or 3600)),
+            last_progress_at=progress or m.created_at,
+            last_extend_at=extended,
+        )
+
+    def _classify(
+        self, found: dict[str, list[Resource]], installation: str, report: Report
+    ) -> tuple[set[str], dict[str, list[Resource]], dict[str, Resource]]:
+        """(machine IDs seen in any form, our resources by machine ID, resources already gone)."""
+        seen: set[str] = set()
+        ours: dict[str, list[Resource]] = defaultdict(list)
+        gone: dict[str, Resource] = {}
+        for resources in found.values():
+            for r in resources:
+                key = r.machine_id or r.resource_id
+                if r.state in guards.GONE_STATES:
+                    gone[key] = r
+                    continue
+                seen.add(key)
+                verdict = guards.verdict(r, installation)
+                report.resources[verdict] += 1
+                if verdict in (guards.OURS, guards.PROTECTED):
+                    ours[key].append(r)
+        return seen, ours, gone
+
+    # -- reconciling --------------------------------------------------------------------------
+
+    def _orphans(
+        self,
+        ours: dict[str, list[Resource]],
+        protected: set[str],
+        live: dict[str, _Live],
+        now: datetime,
+        report: Report,
+    ) -> list[Action]:
+        candidates = [key for key in ours if key not in live]
+        if not candidates:
+            return []
+        with self.ledger.read() as session:
+            ended = dict(session.execute(select(Machine.id, Machine.ended_at).where(Machine.id.in_(candidates))).all())
+        actions = []
+        for key in candidates:
+            ended_at = ended.get(key)
+            if ended_at is not None and ended_at >= now:
+                continue  # closed while this cycle ran: the resource list is older than that
+            if key in protected:
+                report.waiting.append({"machine": key, "why": "orphan, but protected (deepops-protect=true)"})
+                continue
+            for resource in ours[key]:
+                why = f"no ledger row for {key}" if key not in ended else f"{key} ended at {_iso(ended_at)}"
+                actions.append(
+                    Action(
+                        "terminate-orphan",
+                        "orphan",
+                        f"{resource.resource_id} on {resource.location or resource.cloud}: {why}",
+                        resource.cloud,
+                        machine_id=key if key in ended else None,
+                        resource=resource,
+                        owner=resource.tags.get("deepops-owner"),
+                    )
+                )
+        return actions
+
+    def _ghost(self, item: _Live, gone: Resource | None, report: Report) -> list[Action]:
+        m = item.machine
+        confirmed = store.now() if gone is not None else self.provider(m.cloud).confirm_gone(m)
+        if confirmed is None:
+            report.waiting.append({"machine": m.id, "why": "no resources found, not confirmed gone yet"})
+            return []
+        return [
+            Action(
+                "close-ghost",
+                "ghost",
+                f"{m.status} in the ledger, but its resources are gone (confirmed {_iso(confirmed)})",
+                m.cloud,
+                machine_id=m.id,
+                owner=m.owner,
+                confirmed_at=confirmed,
+            )
+        ]
+
+    # -- policies -----------------------------------------------------------------------------
+
+    def _evaluate(self, item: _Live, now: datetime, dry_run: bool, report: Report) -> list[Action]:
+        m = item.machine
+        provider = self.provider(m.cloud)
+        if m.status in LIVE_STATES:
+            try:
+                item.utilization = provider.utilization(m)
+            except Exception as exc:  # unreadable counts as active
+                item.utilization = Utilization(at=now, gpu_percent=[], gpu_memory_percent=[], active=None)
+                report.errors.append(f"{m.id}: utilization: {type(exc).__name__}: {exc}")
+            if item.utilization is not None:
+                item.samples.append(self._sample_tuple(item, now))
+                if not dry_run:
+                    self._store_sample(item, now)
+                    self._checkin(provider, item, report)
+        policy = self.settings.config.policy_for(m.team)
+        due = evaluate(item.facts, item.utilization, item.samples, now, policy, self.rs)
+        return self._decide(item, due, now, report)
+
+    def _decide(self, item: _Live, due: Due | None, now: datetime, report: Report | None) -> list[Action]:
+        m = item.machine
+        if due is None:
+            if m.status == states.IDLE:
+                return [Action("mark-ready", "active", "in use again", m.cloud, machine_id=m.id, owner=m.owner)]
+            return []
+        if not due.warn:
+            kind = "fail" if due.reason == "setup-stuck" else "teardown"
+            return [Action(kind, due.reason, due.detail, m.cloud, machine_id=m.id, owner=m.owner)]
+        with self.ledger.read() as session:
+            warned_at = session.scalar(select(Notification.at).where(Notification.key == due.warning_key(m.id)))
+        if warned_at is None:
+            deadline = max(due.due_at, now + self.rs.grace)
+            return [
+                Action(
+                    "warn",
+                    due.reason,
+                    due.detail,
+                    m.cloud,
+                    machine_id=m.id,
+                    owner=m.owner,
+                    deadline=deadline,
+                    key=due.warning_key(m.id),
+                )
+            ]
+        deadline = max(due.due_at, warned_at + self.rs.grace)
+        if now >= deadline:
+            return [
+                Action(
+                    "teardown",
+                    due.reason,
+                    f"{due.detail}; warned at {_iso(warned_at)}",
+                    m.cloud,
+                    machine_id=m.id,
+                    owner=m.owner,
+                    deadline=deadline,
+                )
+            ]
+        if report is not None:
+            report.waiting.append(
+                {"machine": m.id, "why": f"{due.reason}: warned, ends at {_iso(deadline)} unless extended"}
+            )
+        return []
+
+    def _sample_tuple(self, item: _Live, now: datetime) -> tuple[datetime, float, bool | None]:
+        u = item.utilization
+        assert u is not None
+        last = max((s[0] for s in item.samples), default=None)
+        interval = (now - last).total_seconds() if last else self.rs.interval.total_seconds()
+        interval = min(max(interval, 1.0), self.rs.max_sample_gap.total_seconds())
+        return (min(u.at, now), interval, u.active)
+
+    def _store_sample(self, item: _Live, now: datetime) -> None:
+        u = item.utilization
+        assert u is not None
+        at, interval, active = item.samples[-1]
+        signals = {k: v.get("state") for k, v in (u.signals or {}).items() if isinstance(v, dict)}
+        if u.signals and "error" in u.signals:
+            signals["error"] = str(u.signals["error"])[:200]
+        with self.ledger.write() as session:
+            session.add(
+                UtilizationSample(
+                    machine_id=item.machine.id,
+                    at=at,
+                    interval_seconds=int(interval),
+                    source=u.source,
+                    gpu_util_percent=sum(u.gpu_percent) / len(u.gpu_percent) if u.gpu_percent else None,
+                    gpu_mem_percent=(
+                        sum(u.gpu_memory_percent) / len(u.gpu_memory_percent) if u.gpu_memory_percent else None
+                    ),
+                    active=active,
+                    signals=signals or None,
+                )
+            )
+
+    def _checkin(self, provider: Provider, item: _Live, report: Report) -> None:
+        m = item.machine
+        policy = self.settings.config.policy_for(m.team)
+        expiry = min(m.expires_at, (m.ready_at or m.created_at) + policy.max_ttl)
+        control = {
+            "at": _iso(store.now()),
+            "expires_at": _iso(expiry),
+            "idle_timeout_seconds": int(item.facts.idle_timeout.total_seconds()),
+            "by": "deepops reap",
+        }
+        try:
+            provider.checkin(m, control)
+        except Exception as exc:
+            report.errors.append(f"{m.id}: check-in: {type(exc).__name__}: {exc}")
+
+    # -- the cap ------------------------------------------------------------------------------
+
+    def _cap(self, actions: list[Action], fleet: int, report: Report) -> None:
+        destructive = sorted((a for a in actions if a.destructive), key=lambda a: PRIORITY.get(a.reason, 99))
+        allowed = self.rs.allowed_actions(fleet)
+        if len(destructive) <= allowed:
+            return
+        for action in destructive[allowed:]:
+            action.outcome = "capped"
+            action.note = "refused by the cap on actions per cycle"
+        report.capped = (
+            f"cap reached: {len(destructive)} destructive actions planned, {allowed} allowed "
+            f"(max_actions {self.rs.max_actions}, max_fraction {self.rs.max_fraction} of {fleet}); "
+            f"refused {len(destructive) - allowed}: check the reaper before raising reaper.max_actions"
+        )
+        report.errors.append(report.capped)
+
+    # -- acting -------------------------------------------------------------------------------
+
+    def _execute(self, action: Action, live: dict[str, _Live], report: Report) -> None:
+        key = action.machine_id or (action.resource.resource_id if action.resource else "")
+        with self.locks.hold(key) as held:
+            if not held:
+                action.outcome, action.note = "skipped", "another reaper is acting on it"
+                return
+            try:
+                self._act(action, live)
+            except (DeepopsError, NotImplementedError, OSError) as exc:
+                action.outcome, action.note = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                report.errors.append(f"{key}: {action.kind} ({action.reason}) failed: {action.note}")
+
+    def _still_due(self, action: Action, item: _Live) -> tuple[Machine, str | None]:
+        """Re-read the row under the lock: (the fresh row, why the action no longer applies)."""
+        with self.ledger.read() as session:
+            row = store.find_machine(session, item.machine.id)
+            progress = session.scalar(
+                select(func.max(Event.at)).where(Event.machine_id == row.id, Event.kind == "transition")
+            )
+            extended = session.scalar(
+                select(func.max(Event.at)).where(Event.machine_id == row.id, Event.kind == "extend")
+            )
+        if row.ended_at is not None:
+            return row, f"already ended ({row.status})"
+        if action.kind == "close-ghost":
+            return row, None if row.status in GHOST_STATES else f"now {row.status}"
+        fresh = _Live(row, self._facts(row, progress, extended), item.utilization, item.samples)
+        now = store.now()
+        policy = self.settings.config.policy_for(row.team)
+        due = evaluate(fresh.facts, fresh.utilization, fresh.samples, now, policy, self.rs)
+        again = self._decide(fresh, due, now, None)
+        same = [a for a in again if a.kind == action.kind and a.reason == action.reason]
+        if not same:
+            return row, "no longer due (extended, in use again, or changed by someone else)"
+        action.key, action.deadline = same[0].key, same[0].deadline or action.deadline
+        return row, None
+
+    def _act(self, action: Action, live: dict[str, _Live]) -> None:
+        if action.kind == "terminate-orphan":
+            assert action.resource is not None
+            self.provider(action.cloud).terminate_resource(action.resource)
+            if action.machine_id:
+                with self.ledger.write() as session:
+                    row = store.find_machine(session, action.machine_id)
+                    store.add_event(session, row, "reaper", f"orphan removed: {action.detail}", data=action.to_json())
+            action.outcome = "done"
+            return
+        assert action.machine_id is not None
+        row, stale = self._still_due(action, live[action.machine_id])
+        if stale:
+            action.outcome, action.note = "skipped", stale
+            return
+        reason = f"reaper: {action.reason}: {action.detail}"
+        if action.kind == "warn":
+            self._warn(action, row)
+        elif action.kind == "mark-ready":
+            with self.ledger.write() as session:
+                fresh = store.find_machine(session, row.id, for_update=True)
+                if fresh.status == states.IDLE:
+                    store.transition(session, fresh, states.READY, "in use again")
+            action.outcome = "done"
+        elif action.kind == "close-ghost":
+            self._close_ghost(action, row)
+        else:
+            with self.ledger.write() as session:
+                store.add_event(session, store.find_machine(session, row.id), "reaper", reason, data=action.to_json())
+            lifecycle = Lifecycle(self.settings, self.ledger, self.provider(row.cloud), QuietProgress())
+            if action.kind == "fail":
+                lifecycle.fail(row, reason, teardown=True, created=True)
+            elif row.status in (states.FAILED, states.TERMINATING):
+                lifecycle._teardown(row, reason)
+            else:
+                lifecycle.down(row, reason)
+            action.outcome = "done"
+
+    def _warn(self, action: Action, row: Machine) -> None:
+        from deepops_infra.notify import send_once
+
+        assert action.key is not None
+        ends = _iso(action.deadline)
+        text = (
+            f"deepops: {row.id} ({row.owner}, {row.team}/{row.project}) will be ended at {ends}: {action.detail}. "
+            f"Keep it with `deepops extend {row.id} --ttl 1h`."
+        )
+        where = row.host or row.region or "-"
+        fields = {"machine": row.id, "reason": action.reason, "ends at": ends or "-", "host": where}
+        sent = send_once(self.settings, self.ledger, action.key, "reaper-warning", text, fields, machine_id=row.id)
+        if not sent:
+            action.outcome, action.note = "skipped", "already warned"
+            return
+        with self.ledger.write() as session:
+            fresh = store.find_machine(session, row.id, for_update=True)
+            store.add_event(session, fresh, "reaper-warning", f"warned: {action.detail}", data=action.to_json())
+            if action.reason == "idle" and fresh.status == states.READY:
+                store.transition(session, fresh, states.IDLE, action.detail)
+        action.outcome = "done"
+
+    def _close_ghost(self, action: Action, row: Machine) -> None:
+        at = action.confirmed_at or store.now()
+        with self.ledger.write() as session:
+            fresh = store.find_machine(session, row.id, for_update=True)
+            store.add_event(session, fresh, "reaper", f"ghost: {action.detail}", data=action.to_json(), at=at)
+            if states.can_transition(fresh.status, states.TERMINATING):
+                store.transition(session, fresh, states.TERMINATING, "reaper: resources found gone", at=at)
+            if states.can_transition(fresh.status, states.TERMINATED):
+                store.transition(session, fresh, states.TERMINATED, "reaper: termination confirmed", at=at)
+            fresh.ended_at = at
+            store.close_usage(session, fresh, at)
+            self.provider(fresh.cloud).release_reservation(session, fresh, at)
+        action.outcome = "done"

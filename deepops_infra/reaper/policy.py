@@ -1,0 +1,141 @@
+"""What each live machine is due for, as a pure function of its row, its signals and the time.
+
+Reasons, in the order they win: `setup-failed` (a failed launch still holding resources),
+`setup-stuck` / `teardown-stuck` (no progress for `setup_timeout`: the process doing it died),
+`agent-ended` (the dead-man switch already ended it), `policy-max-ttl` (the team's maximum TTL,
+lowered since launch, is past), `ttl-expired`, `idle` (every signal idle for the idle timeout).
+The last three are warned first: the owner gets `grace` to `deepops extend`.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from deepops_infra import states
+from deepops_infra.config import TeamPolicy
+from deepops_infra.durations import format_duration
+from deepops_infra.providers.base import Utilization
+from deepops_infra.reaper.settings import ReaperSettings
+
+SETUP_STATES = (states.REQUESTED, states.PROVISIONING, states.CONFIGURING, states.VALIDATING)
+LIVE_STATES = (states.READY, states.IDLE)
+
+
+@dataclass(frozen=True)
+class Due:
+    reason: str
+    detail: str
+    due_at: datetime
+    warn: bool  # a warning and the grace come first
+    episode: str = ""  # what makes this warning distinct from an earlier one (an expiry, an idle start)
+
+    def warning_key(self, machine_id: str) -> str:
+        return f"reaper:{machine_id}:{self.reason}:{self.episode}"
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """The parts of a machine row and its history the policies read."""
+
+    id: str
+    status: str
+    created_at: datetime
+    ready_at: datetime | None
+    expires_at: datetime
+    idle_timeout: timedelta
+    last_progress_at: datetime  # the last transition (or event) written by whoever is working on it
+    last_extend_at: datetime | None = None
+
+
+def idle_since(samples: Iterable[tuple[datetime, float, bool | None]], now: datetime, max_gap: timedelta) -> datetime:
+    """Since when the samples show the machine idle without a break (now: not idle, or unknown).
+
+    A sample covers [at - interval, at]; one that is active or unreadable ends the idle stretch,
+    and so does a gap longer than max_gap (nobody knows what happened in it).
+    """
+    cursor = now
+    for at, interval, active in sorted(samples, key=lambda s: s[0], reverse=True):
+        if at > now:
+            continue
+        if cursor - at > max_gap:
+            return cursor
+        if active is not False:
+            return at
+        cursor = at - timedelta(seconds=interval)
+    return cursor
+
+
+def last_active(
+    facts: MachineFacts,
+    utilization: Utilization | None,
+    samples: Iterable[tuple[datetime, float, bool | None]],
+    now: datetime,
+    max_gap: timedelta,
+) -> datetime:
+    """The last moment the machine was in use, never before it was ready or last extended."""
+    if utilization is not None and utilization.active is None:
+        seen = now  # a signal that cannot be read counts as active
+    elif utilization is not None and utilization.last_active_at is not None:
+        seen = min(utilization.last_active_at, now)
+    else:
+        seen = idle_since(samples, now, max_gap)
+    floors = [facts.ready_at or facts.created_at]
+    if facts.last_extend_at is not None:
+        floors.append(facts.last_extend_at)
+    return max(seen, *floors)
+
+
+def evaluate(
+    facts: MachineFacts,
+    utilization: Utilization | None,
+    samples: Iterable[tuple[datetime, float, bool | None]],
+    now: datetime,
+    policy: TeamPolicy,
+    rs: ReaperSettings,
+) -> Due | None:
+    stalled = now - facts.last_progress_at
+    if facts.status == states.FAILED:
+        return Due("setup-failed", "failed and still holding resources", facts.last_progress_at, warn=False)
+    if facts.status in SETUP_STATES:
+        if stalled >= rs.setup_timeout:
+            return Due(
+                "setup-stuck",
+                f"{facts.status} with no progress for {format_duration(stalled)} (setup_timeout "
+                f"{format_duration(rs.setup_timeout)}): the launch is dead",
+                facts.last_progress_at + rs.setup_timeout,
+                warn=False,
+            )
+        return None
+    if facts.status == states.TERMINATING:
+        if stalled >= rs.setup_timeout:
+            return Due(
+                "teardown-stuck",
+                f"terminating with no progress for {format_duration(stalled)}: finishing the release",
+                facts.last_progress_at + rs.setup_timeout,
+                warn=False,
+            )
+        return None
+    if facts.status not in LIVE_STATES:
+        return None
+    if utilization is not None and utilization.ended_by_agent:
+        return Due("agent-ended", f"the machine's agent ended it: {utilization.ended_by_agent}", now, warn=False)
+    start = facts.ready_at or facts.created_at
+    expiry, reason = facts.expires_at, "ttl-expired"
+    if start + policy.max_ttl < expiry:
+        expiry, reason = start + policy.max_ttl, "policy-max-ttl"
+    if now >= expiry - rs.grace:
+        what = "TTL" if reason == "ttl-expired" else f"the team's maximum TTL ({format_duration(policy.max_ttl)})"
+        verb = "ended" if now >= expiry else "ends"
+        detail = f"{what} {verb} at {expiry:%Y-%m-%d %H:%M:%S}Z"
+        return Due(reason, detail, expiry, warn=True, episode=str(int(expiry.timestamp())))
+    seen = last_active(facts, utilization, samples, now, rs.max_sample_gap)
+    idle_for = now - seen
+    if idle_for >= facts.idle_timeout:
+        return Due(
+            "idle",
+            f"idle for {format_duration(idle_for)} (idle timeout {format_duration(facts.idle_timeout)})",
+            seen + facts.idle_timeout,
+            warn=True,
+            episode=str(int(seen.timestamp())),
+        )
+    return None
