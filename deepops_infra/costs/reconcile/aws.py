@@ -1,8 +1,10 @@
 """AWS Cost Explorer: GetCostAndUsage for the month, grouped by the `deepops-machine` tag.
 
 Settings (config.yaml `aws:`): `endpoint_url` (a private endpoint; also how tests reach moto),
-`profile` (a named credentials profile). Credentials come from the usual boto3 chain; the call
-needs only `ce:GetCostAndUsage`. Cost Explorer is a global service answered in us-east-1.
+`endpoints: {ce: ...}` (Cost Explorer's own, wins), `profile` (a named credentials profile).
+Credentials come from the usual boto3 chain; the call needs only `ce:GetCostAndUsage`.
+Cost Explorer is a global service answered in us-east-1. Its data lags about a day, and the
+current month is marked Estimated until AWS finalizes it.
 """
 
 from dataclasses import dataclass
@@ -26,7 +28,8 @@ class CostExplorer(BillingSource):
     @classmethod
     def from_config(cls, config: Config) -> "CostExplorer":
         section = config.section("aws")
-        endpoint = section.get("endpoint_url")
+        endpoints = section.get("endpoints")
+        endpoint = (endpoints.get("ce") if isinstance(endpoints, dict) else None) or section.get("endpoint_url")
         profile = section.get("profile")
         return cls(endpoint_url=str(endpoint) if endpoint else None, profile=str(profile) if profile else None)
 
