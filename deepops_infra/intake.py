@@ -3,7 +3,7 @@
 Everything here only reads (configuration, pool file, images, and for --like the ledger).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra.config import Settings
@@ -81,16 +81,19 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
     image = get_image(opts.image or defaults.image)
     if image.gpu_required and gpus.count == 0:
         raise UserError(f"--image {image.name} needs a GPU; ask for one with --gpus, e.g. --gpus A100:1")
-    if like is not None and like.image_pin and image.name == like.image and image.pin_for(like.cloud) != like.image_pin:
-        raise UserError(
-            f"--like {like.id}: image {image.name} now pins {image.pin_for(like.cloud)}, "
-            f"{like.id} ran {like.image_pin}; restore that pin in images/ to reproduce it"
-        )
+    if like is not None and like.image_pin and image.name == like.image:
+        pinned = _pin_now(image, like.cloud, like.region)
+        if pinned != like.image_pin:
+            raise UserError(
+                f"--like {like.id}: image {image.name} now pins {pinned} in {like.cloud} {like.region or ''}, "
+                f"{like.id} ran {like.image_pin}; restore that pin in images/ to reproduce it"
+            )
     if opts.spot and cloud == "onprem":
         raise UserError("--spot: on-prem leases are never preempted; drop --spot or use a cloud target")
     if opts.host is not None and cloud not in ("onprem", "auto"):
         raise UserError(f"--host names an on-prem pool host; it cannot be used with --cloud {cloud}")
-    if cloud in ("onprem", "auto"):
+    policy_targets = policy.targets
+    if cloud in ("onprem", "auto") and (cloud == "onprem" or "onprem" in policy_targets):
         from deepops_infra.pool import load_pool
 
         pool = load_pool(settings.pool_path)  # a malformed pool file fails here, before any write
@@ -111,5 +114,17 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
         project=project,
         name=check_name(opts.name),
     )
-    check_static(request, policy, "onprem" if cloud == "auto" else cloud)
+    # `auto` places among the targets the policy allows; the other rules apply whatever it picks.
+    check_static(request, policy, (policy_targets[0] if policy_targets else "auto") if cloud == "auto" else cloud)
+    if like is not None and cloud == like.cloud and opts.region is None and like.region and cloud != "onprem":
+        request = replace(request, region=like.region)  # the same pin means the same region
     return request, image
+
+
+def _pin_now(image: Image, cloud: str, region: str | None) -> str | None:
+    """The image's pin today on a target (AMI per region on AWS, the lock hash on-prem)."""
+    if cloud == "aws":
+        from deepops_infra.providers.aws.images import pin_for
+
+        return pin_for(image.name, region) if region else None
+    return image.pin_for(cloud)

@@ -28,6 +28,7 @@ from deepops_infra.providers.base import Plan, Provider, ProvisionError
 from deepops_infra.request import MachineRequest
 
 RESERVE_ATTEMPTS = 5
+CREATE_ATTEMPTS = 3  # offers tried when a create fails for capacity or quota
 
 
 @dataclass
@@ -43,12 +44,14 @@ class Lifecycle:
         self.ledger = ledger
         self.provider = provider
         self.progress = progress
+        self._fallbacks: dict[str, list[Plan]] = {}  # machine ID -> the next offers, for retry on capacity
 
     # -- up ----------------------------------------------------------------------------------
 
     def record(self, request: MachineRequest, image: Image, plans: list[Plan]) -> Machine:
         """Write the machine and its reservation in one transaction (intent before resources)."""
         policy = self.settings.config.policy_for(request.team)
+        self.provider.preflight(plans)  # a missing CLI or credentials: refused before anything is written
         for attempt in range(RESERVE_ATTEMPTS):
             try:
                 with self.ledger.write() as session:
@@ -107,6 +110,7 @@ class Lifecycle:
                     machine.image_pin = plan.image_pin
                     machine.price_per_hour = plan.price.per_hour
                     machine.price_breakdown = plan.price.to_json()
+                self._fallbacks[machine.id] = [p for p in plans if p != plan and p.cloud == plan.cloud]
                 return machine
             except IntegrityError:
                 if attempt == RESERVE_ATTEMPTS - 1:
@@ -140,11 +144,7 @@ class Lifecycle:
         try:
             with self.progress.step(f"provisioning {machine.id} on {machine.host or machine.region}"):
                 self._step(machine, states.PROVISIONING, "creating resources")
-                try:
-                    refs = self.provider.create(machine, self.progress)
-                except ProvisionError as exc:
-                    created = exc.created
-                    raise
+                refs = self._create_with_fallback(machine)
                 created = True
                 self._save(machine, provider_refs=refs)
             with self.progress.step(f"configuring image {image.name}"):
@@ -169,10 +169,74 @@ class Lifecycle:
                 reason = str(exc)
             else:
                 reason = f"internal error: {type(exc).__name__}: {exc}"
+            if isinstance(exc, ProvisionError):
+                created = exc.created
             self.fail(machine, reason, teardown=not keep_on_failure, created=created)
             if isinstance(exc, ProvisionError):
                 raise OperationError(f"{machine.id} failed: {exc}") from None
             raise
+
+    def _create_with_fallback(self, machine: Machine) -> dict[str, Any]:
+        """Create; when the offer has no capacity or quota, destroy what was made and try the next
+        offer (at most CREATE_ATTEMPTS), each attempt an event with its offer and outcome."""
+        fallbacks = list(self._fallbacks.pop(machine.id, []))
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            offer = {k: machine.plan.get(k) for k in ("region", "instance_type", "host", "price_per_hour")}
+            try:
+                return self.provider.create(machine, self.progress)
+            except ProvisionError as exc:
+                self._attempt_event(machine, attempt, offer, str(exc))
+                if not exc.retryable or not fallbacks or attempt == CREATE_ATTEMPTS:
+                    raise
+                if exc.created:
+                    self._teardown_attempt(machine)
+                self._switch_offer(machine, fallbacks.pop(0), attempt)
+        raise AssertionError("unreachable")
+
+    def _attempt_event(self, machine: Machine, attempt: int, offer: dict[str, Any], error: str) -> None:
+        with self.ledger.write() as session:
+            row = store.find_machine(session, machine.id)
+            store.add_event(
+                session, row, "create-attempt", f"attempt {attempt} failed: {error}", data={"attempt": attempt, **offer}
+            )
+
+    def _teardown_attempt(self, machine: Machine) -> None:
+        """Destroy a failed attempt's partial resources before trying another offer."""
+        try:
+            self.provider.destroy(machine, self.progress)
+        except DeepopsError as exc:
+            raise ProvisionError(
+                f"could not remove the failed attempt ({exc}); not trying another offer", True
+            ) from None
+
+    def _switch_offer(self, machine: Machine, plan: Plan, attempt: int) -> None:
+        """Move the machine onto the next offer; the failed attempt's time stays at its own price."""
+        with self.ledger.write() as session:
+            row = store.find_machine(session, machine.id, for_update=True)
+            at = store.now()
+            store.close_usage(session, row, at)
+            fields = {
+                "plan": plan.to_json() | {"alternatives": machine.plan.get("alternatives", 0) - 1},
+                "region": plan.region,
+                "host": plan.host,
+                "accelerator": plan.accelerator,
+                "image_pin": plan.image_pin,
+                "price_per_hour": plan.price.per_hour,
+                "price_breakdown": plan.price.to_json(),
+                "provider_refs": {},
+            }
+            for key, value in fields.items():
+                setattr(row, key, value)
+                setattr(machine, key, value)
+            store.add_event(
+                session,
+                row,
+                "create-retry",
+                f"attempt {attempt + 1}: {plan.instance_type or plan.host} in {plan.region} at {plan.price.per_hour}/h",
+                data={"attempt": attempt + 1, "region": plan.region, "instance_type": plan.instance_type},
+                at=at,
+            )
+            store.open_usage(session, row, at)
 
     def fail(self, machine: Machine, reason: str, teardown: bool = True, created: bool = True) -> None:
         with self.ledger.write() as session:

@@ -40,9 +40,26 @@ def _cloud_rows() -> list[dict]:
         "azure": "run `az login` or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET",
     }
     for cloud, ok in creds.items():
+        if cloud == "aws":
+            rows += _aws_rows()
+            continue
         rows.append({"target": cloud, "check": "credentials", "ok": ok, "detail": "found" if ok else hints[cloud]})
         rows.append({"target": cloud, "check": "provider", "ok": False, "detail": "not available in this version"})
     return rows
+
+
+def _aws_rows() -> list[dict]:
+    """The AWS provider's own checks: credentials through boto3's chain (no network), AMI pins."""
+    from deepops_infra.errors import DeepopsError
+
+    s = settings()
+    try:
+        from deepops_infra.providers.aws.provider import AwsProvider
+
+        checks = [c for c in AwsProvider(s, None).doctor() if c[0] != "pulumi CLI"]  # type: ignore[arg-type]
+    except DeepopsError as exc:
+        checks = [("configuration", False, str(exc))]
+    return [{"target": "aws", "check": check, "ok": ok, "detail": detail} for check, ok, detail in checks]
 
 
 def doctor(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:

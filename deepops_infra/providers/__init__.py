@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 # cloud -> "module:Class"; a provider is imported only when a command needs it.
 PROVIDERS: dict[str, str] = {
     "onprem": "deepops_infra.providers.onprem.provider:OnpremProvider",
+    "aws": "deepops_infra.providers.aws.provider:AwsProvider",
 }
 
 
@@ -20,8 +21,9 @@ def get_provider(cloud: str, settings: "Settings", ledger: "Ledger") -> "Provide
     import importlib
 
     if cloud == "auto":
-        # Until placement across clouds lands, the only target `auto` can place on is the pool.
-        cloud = "onprem"
+        from deepops_infra.providers.auto import AutoProvider
+
+        return AutoProvider(settings, ledger)  # every target the policy allows, cheapest offer first
     if cloud not in PROVIDERS:
         raise UserError(f"--cloud {cloud}: this target is not available yet; use one of: {', '.join(PROVIDERS)}")
     module, _, name = PROVIDERS[cloud].partition(":")

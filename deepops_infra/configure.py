@@ -1,0 +1,54 @@
+"""Configuring a machine with its image's pinned environment (the `configure` playbook), for any target.
+
+Each provider says where the host is and where the workspace lives; the role, its variables and
+the manifest it reports are the same everywhere.
+"""
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from deepops_infra.errors import OperationError
+
+if TYPE_CHECKING:
+    from deepops_infra.config import Settings
+    from deepops_infra.images import Image
+    from deepops_infra.pool import PoolHost
+    from deepops_infra.progress import Progress
+
+
+def pinned_env_vars(image: "Image", workspace: str, python: str, pip_cache: str = "") -> dict[str, Any]:
+    if image.onprem is None:
+        raise OperationError(f"image {image.name} has no package lock to install")
+    return {
+        "pinned_env_workspace": workspace,
+        "pinned_env_lock_src": str(image.onprem.lock_path),
+        "pinned_env_lock_sha256": image.onprem.sha256,
+        "pinned_env_python": python,
+        "pinned_env_pip_cache": pip_cache,
+    }
+
+
+def configure_host(
+    settings: "Settings",
+    machine_id: str,
+    host: "PoolHost",
+    image: "Image",
+    workspace: str,
+    progress: "Progress",
+    pip_cache: str = "",
+) -> dict[str, Any]:
+    """Run the configure play on one host; returns the manifest of what is installed there."""
+    from deepops_infra.ansible import run_playbook
+
+    stamp = datetime.now(UTC).strftime("%H%M%S%f")
+    result = run_playbook(
+        settings,
+        "configure",
+        [host],
+        pinned_env_vars(image, workspace, host.python, pip_cache),
+        ident=f"{machine_id}-configure-{stamp}",
+        progress=progress,
+    )
+    if not result.ok:
+        raise OperationError(result.error(f"configuring {image.name} on {host.name} failed"))
+    return dict(result.stats.get("deepops_manifest") or {})
