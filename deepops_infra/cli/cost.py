@@ -18,13 +18,23 @@ app = typer.Typer(
 
 By = Annotated[
     list[str] | None,
-    typer.Option("--by", metavar="DIM", help="Group by owner, team, project, cloud, gpu or machine (repeat or comma-separate)."),
+    typer.Option(
+        "--by", metavar="DIM", help="Group by owner, team, project, cloud, gpu or machine (repeat or comma-separate)."
+    ),
 ]
-Month = Annotated[str | None, typer.Option("--month", metavar="YYYY-MM", help="A UTC calendar month, YYYY-MM (default: this month).")]
-Since = Annotated[str | None, typer.Option("--since", metavar="TIME", help="Start, a date (2026-10-01) or UTC time; inclusive.")]
-Until = Annotated[str | None, typer.Option("--until", metavar="TIME", help="End, a date or UTC time; exclusive (default: now).")]
+Month = Annotated[
+    str | None, typer.Option("--month", metavar="YYYY-MM", help="A UTC calendar month, YYYY-MM (default: this month).")
+]
+Since = Annotated[
+    str | None, typer.Option("--since", metavar="TIME", help="Start, a date (2026-10-01) or UTC time; inclusive.")
+]
+Until = Annotated[
+    str | None, typer.Option("--until", metavar="TIME", help="End, a date or UTC time; exclusive (default: now).")
+]
 Format = Annotated[str, typer.Option("--format", metavar="FORMAT", help="table, csv, json or html.")]
-Output = Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write to this file instead of stdout.")]
+Output = Annotated[
+    Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write to this file instead of stdout.")
+]
 FORMATS = ("table", "csv", "json", "html")
 
 
@@ -80,11 +90,18 @@ def cost(
         columns, rows = render.table_rows(report)
         title = f"Costs {period.label} (UTC), USD at launch prices"
         if output is not None:
-            import csv
             import io
 
+            from rich.console import Console
+            from rich.table import Table
+
             buf = io.StringIO()
-            csv.writer(buf, delimiter="\t", lineterminator="\n").writerows([columns, *rows])
+            table = Table(title=title, box=None, header_style="bold", pad_edge=False)
+            for column in columns:
+                table.add_column(column, no_wrap=True)
+            for row in rows:
+                table.add_row(*row)
+            Console(file=buf, width=250, color_system=None).print(table)
             _write(buf.getvalue(), output)
         else:
             print_table(columns, rows, title=title)

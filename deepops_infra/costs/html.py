@@ -17,7 +17,7 @@ CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1d2430;margin:0;
   background:#f6f7f9}
 main{max-width:1180px;margin:0 auto;padding:28px 32px 48px}
-h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:34px 0 8px}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:4px 0 8px}
 .sub{color:#5b6577;margin:0 0 18px}
 .cards{display:flex;gap:14px;flex-wrap:wrap;margin:18px 0}
 .card{background:#fff;border:1px solid #dfe3ea;border-radius:8px;padding:12px 16px;min-width:150px}
