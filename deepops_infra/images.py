@@ -1,9 +1,13 @@
 """Image definitions from images/: what a machine is configured with, pinned immutably."""
 
 import hashlib
+import importlib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from deepops_infra.errors import NotFoundError
 from deepops_infra.paths import images_dir
@@ -23,6 +27,27 @@ class OnpremPin:
 
 
 @dataclass(frozen=True)
+class GpuStack:
+    """What the GPU roles install, each at an exact version (no ranges, no "latest")."""
+
+    driver_branch: str  # NVIDIA driver branch, e.g. "580" (the package stream)
+    driver_version: str  # the exact driver in that branch, e.g. "580.95.05"
+    cuda: str  # CUDA toolkit, exact: "13.0.2"
+    container_toolkit: str  # NVIDIA Container Toolkit, exact: "1.18.0"
+    framework: dict[str, str] = field(default_factory=dict)  # pip package -> version, installed from the lock
+
+    def role_vars(self) -> dict[str, Any]:
+        """Extra variables for roles/playbooks/configure-gpu.yml (and the Packer templates)."""
+        return {
+            "nvidia_driver_branch": self.driver_branch,
+            "nvidia_driver_version": self.driver_version,
+            "cuda_toolkit_version": self.cuda,
+            "container_toolkit_version": self.container_toolkit,
+            "framework_expected": dict(self.framework),
+        }
+
+
+@dataclass(frozen=True)
 class Image:
     name: str
     description: str
@@ -30,11 +55,58 @@ class Image:
     versions: dict[str, str] = field(default_factory=dict)
     onprem: OnpremPin | None = None
     source: Path | None = None
+    gpu: GpuStack | None = None
+    bases: dict[str, dict[str, str]] = field(default_factory=dict)  # cloud -> region -> base image to bake from
 
     def pin_for(self, cloud: str) -> str | None:
         if cloud == "onprem":
             return self.onprem.pin if self.onprem else None
         return None
+
+
+EXACT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _exact(path: Path, section: Mapping, key: str, what: str) -> str:
+    value = section.get(key)
+    text = str(value) if value is not None else ""
+    if not EXACT.match(text):
+        raise FileError(path, section.line_of(key), f"{what} must be an exact version like 1.2.3, not {value!r}")
+    return text
+
+
+def _gpu_stack(path: Path, raw: Mapping) -> GpuStack | None:
+    gpu = raw.get("gpu")
+    if gpu is None:
+        return None
+    if not isinstance(gpu, Mapping) or not isinstance(gpu.get("driver"), Mapping):
+        raise FileError(
+            path, raw.line_of("gpu"), "gpu needs `driver: {branch, version}`, `cuda:` and `container_toolkit:`"
+        )
+    driver = gpu["driver"]
+    branch = _exact(path, driver, "branch", "gpu.driver.branch")
+    version = _exact(path, driver, "version", "gpu.driver.version")
+    if not version.startswith(branch + "."):
+        raise FileError(path, driver.line_of("version"), f"gpu.driver.version {version} is not in branch {branch}")
+    framework = gpu.get("framework") or Mapping()
+    if not isinstance(framework, Mapping):
+        raise FileError(path, gpu.line_of("framework"), "gpu.framework maps pip packages to exact versions")
+    return GpuStack(
+        driver_branch=branch,
+        driver_version=version,
+        cuda=_exact(path, gpu, "cuda", "gpu.cuda"),
+        container_toolkit=_exact(path, gpu, "container_toolkit", "gpu.container_toolkit"),
+        framework={str(k): _exact(path, framework, k, f"gpu.framework.{k}") for k in framework},
+    )
+
+
+def _bases(path: Path, raw: Mapping) -> dict[str, dict[str, str]]:
+    bases = raw.get("bases")
+    if bases is None:
+        return {}
+    if not isinstance(bases, Mapping) or not all(isinstance(v, Mapping) for v in bases.values()):
+        raise FileError(path, raw.line_of("bases"), "bases maps a cloud to `region: base image` entries")
+    return {str(cloud): {str(r): str(i) for r, i in regions.items()} for cloud, regions in bases.items()}
 
 
 def _load(path: Path) -> Image:
@@ -55,6 +127,8 @@ def _load(path: Path) -> Image:
         versions={str(k): str(v) for k, v in (raw.get("versions") or {}).items()},
         onprem=onprem,
         source=path,
+        gpu=_gpu_stack(path, raw),
+        bases=_bases(path, raw),
     )
 
 
@@ -63,6 +137,8 @@ def load_images(directory: Path | None = None) -> dict[str, Image]:
     directory = directory or images_dir()
     images = {}
     for path in sorted(directory.glob("*.yaml")):
+        if path.name.endswith(".lock.yaml"):
+            continue  # a cloud's pins (aws.lock.yaml, ...), read by that cloud's provider
         image = _load(path)
         images[image.name] = image
     return images
@@ -88,3 +164,23 @@ def verify_onprem_lock(image: Image) -> str | None:
     if digest != image.onprem.sha256:
         return f"lock {image.onprem.lock_path.name} has sha256 {digest}, the image pins {image.onprem.sha256}"
     return None
+
+
+# Cloud pins (the baked image IDs per region) are each cloud provider's to read and check, in
+# deepops_infra/providers/<cloud>/images.py. `deepops images verify --cloud CLOUD` calls that
+# module's hook by this name, when there is one:
+#     verify_cloud_pins(settings, images: list[str]) -> list of results
+# each result a mapping or an object with `image`, `region`, `ami` or `pin`, `ok` and `detail`.
+CLOUD_PIN_HOOK = "verify_cloud_pins"
+
+
+def cloud_pin_verifier(cloud: str) -> Callable[..., Any] | None:
+    """The provider's hook that checks its cloud pins against the cloud, or None where it has none yet."""
+    if not re.fullmatch(r"[a-z0-9]+", cloud):
+        return None
+    try:
+        module = importlib.import_module(f"deepops_infra.providers.{cloud}.images")
+    except ModuleNotFoundError:
+        return None
+    hook = getattr(module, CLOUD_PIN_HOOK, None)
+    return hook if callable(hook) else None
