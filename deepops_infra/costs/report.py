@@ -116,7 +116,7 @@ def _row(keys: dict[str, str], r: Any) -> Row:
         gpu_us=int(r.gpu_s or 0) * query.US + int(r.gpu_us or 0),
         idle_micro=int(r.idle_micro or 0),
         idle_gpu_us=int(r.idle_gpu_s or 0) * query.US + int(r.idle_gpu_us or 0),
-        machines=int(r.machines or 0),
+        machines=int(getattr(r, "machines", 0) or 0),
         running=int(r.running or 0),
         burn_micro=int(r.burn_micro or 0),
         proj_micro=int(r.proj_micro or 0),
@@ -164,8 +164,11 @@ def build(
     window, forecast_to = _window(period, now)
     dialect = ledger.dialect
     with ledger.read() as session:
-        pc = query.pieces(dialect, period.start, period.end, window, None)
+        pc = query.pieces(dialect, period.start, period.end, window, None, by)
         rows = [_row({name: str(getattr(r, name)) for name in by}, r) for r in query.aggregate(session, by, pc)]
+        counts = query.machine_counts(session, by, period.start, min(period.end, now))
+        for row in rows:
+            row.machines = counts.get(tuple(row.keys[name] for name in by), 0)
         rows.sort(key=lambda r: (-r.cost_micro, *r.keys.values()))
         total = Row(keys={})
         for row in rows:
@@ -181,12 +184,12 @@ def _details(session: Any, dialect: str, report: Report, window: query.Window, t
     days = [d for d in period.days() if d[0] < (datetime.fromtimestamp(window.end_us / query.US, UTC))]
     if days:
         buckets = [(query.to_us(a), min(query.to_us(b), window.end_us)) for a, b in days]
-        pc = query.pieces(dialect, period.start, period.end, window, buckets)
+        pc = query.pieces(dialect, period.start, period.end, window, buckets, ["team"])
         per_day: dict[int, dict[str, Decimal]] = {}
         for r in query.aggregate(session, ["team"], pc, per_bucket=True):
             per_day.setdefault(int(r.bucket), {})[str(r.team)] = dollars_of(r.cost_micro)
         report.series = [(start, per_day.get(i, {})) for i, (start, _) in enumerate(days)]
-    pc = query.pieces(dialect, period.start, period.end, window, None)
+    pc = query.pieces(dialect, period.start, period.end, window, None, ["machine"])
     machines = [_row({"machine": str(r.machine)}, r) for r in query.aggregate(session, ["machine"], pc)]
     machines.sort(key=lambda r: -r.cost_micro)
     chosen = machines[:top]
@@ -219,6 +222,9 @@ def _details(session: Any, dialect: str, report: Report, window: query.Window, t
                     "running": r.running > 0,
                 }
             )
-    pc = query.pieces(dialect, period.start, period.end, window, None)
+    if report.by == ["team"]:
+        report.idle_by_team = sorted(report.rows, key=lambda r: -r.idle_micro)
+        return
+    pc = query.pieces(dialect, period.start, period.end, window, None, ["team"])
     idle = [_row({"team": str(r.team)}, r) for r in query.aggregate(session, ["team"], pc)]
     report.idle_by_team = sorted(idle, key=lambda r: -r.idle_micro)
