@@ -184,3 +184,27 @@ def cloud_pin_verifier(cloud: str) -> Callable[..., Any] | None:
         return None
     hook = getattr(module, CLOUD_PIN_HOOK, None)
     return hook if callable(hook) else None
+
+
+@cache
+def _cloud_locks(directory: Path) -> dict[str, dict[str, dict[str, str]]]:
+    """{cloud: {image: {region: id}}} from images/<cloud>.lock.yaml (the baked IDs, see packer/)."""
+    locks: dict[str, dict[str, dict[str, str]]] = {}
+    for path in sorted(directory.glob("*.lock.yaml")):
+        raw = load_yaml(path)
+        entries = raw.get("images") if isinstance(raw, Mapping) else None
+        if not isinstance(entries, Mapping):
+            raise FileError(path, 1, "a cloud lock needs `images:` mapping image names to `regions:`")
+        cloud = path.name.removesuffix(".lock.yaml")
+        locks[cloud] = {
+            str(name): {str(r): str(i) for r, i in (entry.get("regions") or {}).items()}
+            for name, entry in entries.items()
+            if isinstance(entry, Mapping)
+        }
+    return locks
+
+
+def cloud_lock_pins(name: str, directory: Path | None = None) -> dict[str, dict[str, str]]:
+    """The baked image IDs of one image, per cloud and region (empty where none was baked)."""
+    locks = _cloud_locks(directory or images_dir())
+    return {cloud: pins[name] for cloud, pins in locks.items() if pins.get(name)}

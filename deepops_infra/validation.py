@@ -71,3 +71,72 @@ def check_gpus(model: str | None, count: int, host_gpus: list[dict[str, Any]], l
     if wrong:
         detail += f"; not {model}: {wrong}"
     return _check("gpu inventory", passed, detail)
+
+
+# -- the GPU validation (deepops_infra/gpuvalidate), run in the machine ------------------------
+
+
+def has_torch(machine: Any) -> bool:
+    """Whether the machine's environment has torch, as its manifest says."""
+    return "torch" in ((machine.manifest or {}).get("packages") or {})
+
+
+def gpu_validation(provider: Any, machine: Any, image: Image, quick: bool = False) -> dict[str, Any]:
+    """Run the probe in the machine through the provider's shell; its checks and the full result."""
+    from deepops_infra.gpuvalidate.runner import expectations, run_in_machine
+
+    config: dict[str, Any] = {"expect": expectations(machine, image)}
+    if quick:
+        config["quick"] = True
+    result = run_in_machine(provider, machine, config)
+    return {
+        "passed": bool(result.get("passed")),
+        "checks": list(result.get("checks") or []),
+        "gpu": {k: v for k, v in result.items() if k != "checks"},
+    }
+
+
+def failed_summary(validation: dict[str, Any]) -> str:
+    return "; ".join(f"{c['name']}: {c['detail']}" for c in validation.get("checks", []) if not c.get("passed"))
+
+
+def revalidate(
+    settings: Any, ledger: Any, provider: Any, machine: Any, image: Image, progress: Any, quick: bool, keep: bool
+) -> tuple[dict[str, Any], str | None]:
+    """`deepops validate`: measure a live machine again, store the result, end the machine if it fails.
+
+    Returns the result and, when it failed, what became of the machine. A machine still before
+    `ready` goes `failed`; a ready one is released with the failure as the reason (the lifecycle
+    has no way back from ready to failed). `keep` leaves it up for debugging."""
+    from deepops_infra import states
+    from deepops_infra.ledger import store
+    from deepops_infra.lifecycle import Lifecycle
+
+    with progress.step(f"validating {machine.id}"):
+        result = gpu_validation(provider, machine, image, quick=quick)
+    result["at"] = store.now().isoformat().replace("+00:00", "Z")
+    with ledger.write() as session:
+        row = store.find_machine(session, machine.id)
+        row.validation = result
+        store.add_event(
+            session,
+            row,
+            "validation",
+            "GPU validation passed" if result["passed"] else "GPU validation failed: " + failed_summary(result),
+            data={"passed": result["passed"], "figures": result["gpu"].get("figures")},
+        )
+    machine.validation = result
+    if result["passed"]:
+        return result, None
+    reason = "validation failed: " + failed_summary(result)
+    lifecycle = Lifecycle(settings, ledger, provider, progress)
+    if states.can_transition(machine.status, states.FAILED):
+        lifecycle.fail(machine, reason, teardown=not keep)
+    elif keep:
+        with ledger.write() as session:
+            row = store.find_machine(session, machine.id)
+            hint = f"kept for debugging (--keep); end it with `deepops down {row.id} --yes`"
+            store.add_event(session, row, "kept", hint)
+    else:
+        lifecycle.down(machine, reason)
+    return result, f"{machine.id} {reason}" + ("; kept for debugging (--keep)" if keep else f"; {machine.status}")

@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from deepops_infra.cli import catalog, cost, doctor, machines, pool, reap
+from deepops_infra.cli import catalog, cost, doctor, images, machines, pool, reap, validate
 from deepops_infra.errors import DeepopsError
 
 app = typer.Typer(
@@ -19,12 +19,12 @@ app = typer.Typer(
 )
 machines.register(app)
 app.add_typer(pool.app, name="pool")
-app.add_typer(machines.images_app, name="images")
+app.add_typer(images.app, name="images")
+app.command(name="validate")(validate.validate)
 app.command(name="doctor")(doctor.doctor)
 app.command(name="reap")(reap.reap)
 app.add_typer(catalog.app, name="catalog")
 app.command(name="gpus")(catalog.gpus)
-machines.images_app.command("verify")(catalog.images_verify)
 app.add_typer(cost.app, name="cost")
 
 

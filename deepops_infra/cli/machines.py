@@ -1,4 +1,4 @@
-"""Machine commands: up, run, ls, show, ssh, extend, down, images."""
+"""Machine commands: up, run, ls, show, ssh, extend, down."""
 
 import os
 import sys
@@ -379,42 +379,6 @@ def down(
         from deepops_infra.errors import OperationError
 
         raise OperationError("; ".join(failures))
-
-
-images_app = typer.Typer(help="Pinned images.", no_args_is_help=True)
-
-
-@images_app.command("ls")
-def images_ls(json_out: Json = False) -> None:
-    """List the image definitions and their pins."""
-    from deepops_infra.images import load_images, verify_onprem_lock
-
-    rows = []
-    for image in load_images().values():
-        rows.append(
-            {
-                "name": image.name,
-                "description": image.description,
-                "versions": image.versions,
-                "onprem_pin": image.pin_for("onprem"),
-                "onprem_lock_ok": verify_onprem_lock(image) is None,
-            }
-        )
-    if json_out:
-        print_json(rows)
-    else:
-        print_table(
-            ["NAME", "ON-PREM PIN", "LOCK", "DESCRIPTION"],
-            [
-                [
-                    r["name"],
-                    (r["onprem_pin"] or "-")[:23] + "…",
-                    "ok" if r["onprem_lock_ok"] else "MISMATCH",
-                    r["description"],
-                ]
-                for r in rows
-            ],
-        )
 
 
 def register(app: typer.Typer) -> None:

@@ -26,7 +26,7 @@ from deepops_infra.pricing import onprem_price
 from deepops_infra.progress import Progress
 from deepops_infra.providers.base import Plan, Provider, ProvisionError, Resource, Utilization
 from deepops_infra.providers.onprem.inventory import HostCapacity, capacity, detect
-from deepops_infra.validation import check_gpus, check_manifest
+from deepops_infra.validation import check_gpus, check_manifest, gpu_validation, has_torch
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -230,7 +230,23 @@ class OnpremProvider(Provider):
                     machine.accelerator, machine.gpu_count, refs.get("host_gpus", []), refs.get("gpu_indexes", [])
                 )
             )
-        return {"passed": all(c["passed"] for c in checks), "checks": checks}
+        result: dict[str, Any] = {}
+        if machine.gpu_count > 0:
+            # A GPU lease proves its GPUs deliver (torch in the lease); CPU leases stay fast.
+            if has_torch(machine):
+                progress.detail("GPU validation: inventory, matmul, bandwidths")
+                measured = gpu_validation(self, machine, image)
+                checks += measured["checks"]
+                result["gpu"] = measured["gpu"]
+            else:
+                checks.append(
+                    {
+                        "name": "gpu performance",
+                        "passed": True,
+                        "detail": f"not measured: image {image.name} has no torch (an image with torch is validated)",
+                    }
+                )
+        return {"passed": all(c["passed"] for c in checks), "checks": checks, **result}
 
     def destroy(self, machine: Machine, progress: Progress) -> None:
         refs = machine.provider_refs or {}

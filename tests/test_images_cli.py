@@ -1,0 +1,167 @@
+"""`deepops images ls|show|verify`, the image file's GPU stack and bases, and the cloud-pin hook."""
+
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import deepops_infra.images as images_module
+from deepops_infra.cli import app
+from deepops_infra.images import cloud_lock_pins, cloud_pin_verifier, get_image, load_images
+from deepops_infra.paths import images_dir
+from deepops_infra.yamlfile import FileError
+
+
+def test_images_ls_json_shows_gpu_stack_and_pins(sqlite_deepops):
+    rows = {r["name"]: r for r in sqlite_deepops.json("images", "ls")}
+    assert set(rows) == {"cpu-minimal", "pytorch"}
+    torch = rows["pytorch"]
+    assert torch["gpu"] == {
+        "driver_branch": "580",
+        "driver_version": "580.95.05",
+        "cuda": "13.0.2",
+        "container_toolkit": "1.18.0",
+        "framework": {"torch": "2.13.0"},
+    }
+    assert rows["cpu-minimal"]["gpu"] is None
+    assert all(r["onprem_lock_ok"] for r in rows.values())
+    assert torch["onprem_pin"] == get_image("pytorch").onprem.pin
+    assert set(torch["bases"]) == {"aws", "gcp", "azure"}
+
+
+def test_images_ls_table(sqlite_deepops):
+    out = sqlite_deepops.run("images", "ls", check=True).stdout
+    header, *lines = out.splitlines()
+    assert header.split()[:4] == ["NAME", "DRIVER", "CUDA", "FRAMEWORK"]
+    pytorch = next(line for line in lines if line.startswith("pytorch"))
+    assert "580.95.05" in pytorch and "13.0.2" in pytorch and "torch 2.13.0" in pytorch and " ok " in pytorch
+
+
+def test_images_show(sqlite_deepops):
+    data = sqlite_deepops.json("images", "show", "pytorch")
+    assert data["source"] == str(images_dir() / "pytorch.yaml")
+    assert data["onprem_lock_problem"] is None and data["onprem_python"] == "==3.11"
+    text = sqlite_deepops.run("images", "show", "pytorch", check=True).stdout
+    assert "nvidia driver        580.95.05 (branch 580)" in text
+    assert "framework            torch==2.13.0" in text
+    assert "base gcp      us-central1    projects/ubuntu-os-cloud/global/images/ubuntu-2204-jammy-v20250516" in text
+
+
+def test_images_show_unknown_is_one_line(sqlite_deepops):
+    proc = sqlite_deepops.run("images", "show", "tensorflow")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("deepops: error: unknown image 'tensorflow'; available: cpu-minimal, pytorch")
+
+
+def test_images_verify_onprem(sqlite_deepops):
+    rows = sqlite_deepops.json("images", "verify")
+    assert [(r["image"], r["ok"]) for r in rows] == [("cpu-minimal", True), ("pytorch", True)]
+    assert rows[0]["pin"] == get_image("cpu-minimal").onprem.pin
+
+
+def test_images_verify_cloud_without_hook_is_refused(sqlite_deepops):
+    proc = sqlite_deepops.run("images", "verify", "--cloud", "gcp")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "deepops: error: --cloud gcp: no pin check for gcp yet "
+        "(deepops_infra/providers/gcp/images.py has no verify_cloud_pins); use onprem or aws\n"
+    )
+
+
+@pytest.fixture
+def image_copy(tmp_path, monkeypatch):
+    """The CLI reading a private copy of images/ (to tamper with)."""
+    folder = tmp_path / "images"
+    shutil.copytree(images_dir(), folder)
+    monkeypatch.setattr(images_module, "images_dir", lambda: folder)
+    load_images.cache_clear()
+    yield folder
+    load_images.cache_clear()
+
+
+def test_images_verify_finds_a_tampered_lock(image_copy):
+    lock = image_copy / "locks" / "cpu-minimal.txt"
+    lock.write_text(lock.read_text().replace("packaging==24.2", "packaging==24.1"))
+    result = CliRunner().invoke(app, ["images", "verify", "--json"])
+    assert result.exit_code == 1
+    rows = {r["image"]: r for r in json.loads(result.stdout)}
+    assert rows["pytorch"]["ok"] is True and rows["cpu-minimal"]["ok"] is False
+    assert rows["cpu-minimal"]["detail"].startswith("lock cpu-minimal.txt has sha256 ")
+
+
+def test_cloud_pin_hook_is_called(image_copy, monkeypatch):
+    calls = []
+
+    def verify_cloud_pins(settings, names):
+        calls.append(names)
+        return [
+            {"image": "pytorch", "region": "r1", "pin": "img-1", "ok": True, "detail": "available"},
+            types.SimpleNamespace(image="pytorch", region="r2", ami="img-2", ok=False, detail="deprecated"),
+        ]
+
+    module = types.ModuleType("deepops_infra.providers.fakecloud.images")
+    module.verify_cloud_pins = verify_cloud_pins  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "deepops_infra.providers.fakecloud", types.ModuleType("fakecloud"))
+    monkeypatch.setitem(sys.modules, "deepops_infra.providers.fakecloud.images", module)
+    assert cloud_pin_verifier("fakecloud") is verify_cloud_pins
+    assert cloud_pin_verifier("../etc") is None and cloud_pin_verifier("nosuchcloud") is None
+    result = CliRunner().invoke(app, ["images", "verify", "--cloud", "fakecloud", "--image", "pytorch", "--json"])
+    assert calls == [["pytorch"]]
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == [
+        {"image": "pytorch", "region": "r1", "pin": "img-1", "ok": True, "detail": "available"},
+        {"image": "pytorch", "region": "r2", "pin": "img-2", "ok": False, "detail": "deprecated"},
+    ]
+
+
+def test_cloud_lock_pins_read_every_cloud_lock(tmp_path):
+    (tmp_path / "gcp.lock.yaml").write_text(
+        "images:\n  pytorch:\n    regions:\n      global: projects/p/global/images/deepops-pytorch-1\n"
+    )
+    (tmp_path / "x.yaml").write_text("name: x\n")
+    assert cloud_lock_pins("pytorch", tmp_path) == {"gcp": {"global": "projects/p/global/images/deepops-pytorch-1"}}
+    assert cloud_lock_pins("x", tmp_path) == {}
+    assert set(load_images(tmp_path)) == {"x"}  # a lock is not an image definition
+
+
+GPU = """name: g
+gpu:
+  driver:
+    branch: "580"
+    version: {version}
+  cuda: "13.0.2"
+  container_toolkit: "1.18.0"
+  framework:
+    torch: "2.13.0"
+"""
+
+
+@pytest.mark.parametrize(
+    ("version", "line", "message"),
+    [
+        ('"575.57.08"', 5, "gpu.driver.version 575.57.08 is not in branch 580"),
+        ("latest", 5, "gpu.driver.version must be an exact version like 1.2.3, not 'latest'"),
+        ('"580.*"', 5, "gpu.driver.version must be an exact version like 1.2.3, not '580.*'"),
+    ],
+)
+def test_gpu_stack_must_be_exact(tmp_path: Path, version, line, message):
+    (tmp_path / "g.yaml").write_text(GPU.format(version=version))
+    with pytest.raises(FileError) as info:
+        load_images(tmp_path)
+    assert str(info.value) == f"{tmp_path / 'g.yaml'}:{line}: {message}"
+
+
+def test_gpu_stack_role_vars(tmp_path: Path):
+    (tmp_path / "g.yaml").write_text(GPU.format(version='"580.95.05"'))
+    image = load_images(tmp_path)["g"]
+    assert image.gpu.role_vars() == {
+        "nvidia_driver_branch": "580",
+        "nvidia_driver_version": "580.95.05",
+        "cuda_toolkit_version": "13.0.2",
+        "container_toolkit_version": "1.18.0",
+        "framework_expected": {"torch": "2.13.0"},
+    }
