@@ -165,3 +165,123 @@ def test_gpu_stack_role_vars(tmp_path: Path):
         "container_toolkit_version": "1.18.0",
         "framework_expected": {"torch": "2.13.0"},
     }
+
+
+# -- baking: images/packer/bake.py -----------------------------------------------------------
+
+BAKE = [sys.executable, str(images_dir() / "packer" / "bake.py")]
+
+
+def _bake(*args: str):
+    import subprocess
+
+    return subprocess.run([*BAKE, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_bake_vars_come_from_the_image_definition(tmp_path):
+    out = tmp_path / "build" / "pytorch-aws.json"
+    out.parent.mkdir()
+    proc = _bake("vars", "pytorch", "--cloud", "aws", "--region", "us-east-1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    variables = json.loads(out.read_text())
+    image = get_image("pytorch")
+    assert variables["base"] == "099720109477/ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20250516"
+    assert variables["lock_sha256"] == image.onprem.sha256 and variables["image"] == "pytorch"
+    roles = json.loads(Path(variables["role_vars_file"]).read_text())
+    assert roles == {
+        **image.gpu.role_vars(),
+        "framework_lock_src": str(image.onprem.lock_path),
+        "framework_lock_sha256": image.onprem.sha256,
+        "framework_python": "python3.11",
+    }
+    # Every variable the template declares without a default is set.
+    template = (images_dir() / "packer" / "gpu-image.pkr.hcl").read_text()
+    import re
+
+    required = {
+        m.group(1) for m in re.finditer(r'variable "(\w+)" \{(.*?)\n\}', template, re.S) if "default" not in m.group(2)
+    }
+    assert required == set(variables)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tensorflow", "--cloud", "aws", "--region", "us-east-1"], "unknown image 'tensorflow'"),
+        (["pytorch", "--cloud", "aws", "--region", "ap-south-1"], "pytorch has no base for aws ap-south-1 (bases: "),
+        (["cpu-minimal", "--cloud", "aws", "--region", "us-east-1"], "cpu-minimal: baking needs `gpu:`"),
+    ],
+)
+def test_bake_vars_refuses(tmp_path, args, message):
+    proc = _bake("vars", *args, "--out", str(tmp_path / "v.json"))
+    assert proc.returncode == 2 and proc.stderr.startswith("bake: error: " + message)
+    assert not (tmp_path / "v.json").exists()
+
+
+def _manifest(builds):
+    return {"builds": builds, "last_run_uuid": "run-2"}
+
+
+def _build(builder, artifact, region, run="run-2", image="pytorch"):
+    return {
+        "name": "gpu",
+        "builder_type": builder,
+        "artifact_id": artifact,
+        "packer_run_uuid": run,
+        "custom_data": {"image": image, "cloud": "x", "region": region, "project": "ml-images"},
+    }
+
+
+def test_bake_record_writes_the_ids_into_the_locks(tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(images_dir(), folder)
+    before = (folder / "aws.lock.yaml").read_text()
+    manifest = tmp_path / "packer-manifest.json"
+    manifest.write_text(
+        json.dumps(
+            _manifest(
+                [
+                    _build("amazon-ebs", "us-east-1:ami-00000000000000001", "us-east-1", run="run-1"),  # older run
+                    _build(
+                        "amazon-ebs", "us-east-1:ami-0123456789abcdef0,eu-west-1:ami-0fedcba9876543210", "us-east-1"
+                    ),
+                    _build("googlecompute", "deepops-pytorch-20261121", "global"),
+                ]
+            )
+        )
+    )
+    proc = _bake("record", str(manifest), "--images-dir", str(folder))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "aws pytorch us-east-1 ami-0123456789abcdef0",
+        "aws pytorch eu-west-1 ami-0fedcba9876543210",
+        "gcp pytorch global projects/ml-images/global/images/deepops-pytorch-20261121",
+    ]
+    after = (folder / "aws.lock.yaml").read_text()
+    header = "".join(line + "\n" for line in before.splitlines() if line.startswith("#"))
+    assert after.startswith(header)
+    pins = cloud_lock_pins("pytorch", folder)
+    assert pins["aws"] == {
+        "us-east-1": "ami-0123456789abcdef0",
+        "us-west-2": "ami-0d2e6a7ac9b1f3c55",
+        "eu-west-1": "ami-0fedcba9876543210",
+    }
+    assert pins["gcp"] == {"global": "projects/ml-images/global/images/deepops-pytorch-20261121"}
+    assert cloud_lock_pins("cpu-minimal", folder) == cloud_lock_pins("cpu-minimal")  # untouched
+    # The AWS provider reads the lock bake.py wrote, other fields of the entry kept.
+    from deepops_infra.providers.aws.images import parse_lock
+
+    entry = parse_lock(folder / "aws.lock.yaml")["pytorch"]
+    assert entry.regions["eu-west-1"] == "ami-0fedcba9876543210" and entry.ssh_user == "ubuntu"
+    assert entry.ami_name.startswith("Deep Learning Base OSS Nvidia Driver GPU AMI")
+
+
+def test_bake_record_refuses_what_is_not_an_image_id(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(_manifest([_build("amazon-ebs", "us-east-1:ami-latest", "us-east-1")])))
+    proc = _bake("record", str(manifest), "--images-dir", str(folder))
+    assert proc.returncode == 2
+    assert proc.stderr == "bake: error: build gpu: 'ami-latest' in 'us-east-1' is not a aws image ID\n"
+    assert list(folder.iterdir()) == []
