@@ -246,7 +246,9 @@ def pieces(
     return union_all(cost_q, idle_q).subquery("pc")
 
 
-def aggregate(session: Session, by: Sequence[str], pc: Any, *, per_bucket: bool = False) -> list[Any]:
+def aggregate(
+    session: Session, by: Sequence[str], pc: Any, *, per_bucket: bool = False, count_machines: bool = False
+) -> list[Any]:
     """Sum the pieces per group (and bucket): integer micro-dollars and GPU-microsecond parts.
 
     `pc` must come from pieces(..., by=by). No join here: the pieces carry their group keys.
@@ -266,6 +268,8 @@ def aggregate(session: Session, by: Sequence[str], pc: Any, *, per_bucket: bool 
         func.sum(case((is_open, pc.c.price), else_=0)).label("burn_micro"),
         func.sum(case((is_open, micro_cost(pc.c.price, pc.c.proj_us)), else_=0)).label("proj_micro"),
     ]
+    if count_machines:  # SQLite has no hash aggregation to lose, and this beats machine_counts() there
+        cols.append(func.count(func.distinct(case((is_cost, pc.c.machine_id), else_=None))).label("machines"))
     group: list[Any] = list(keys)
     if per_bucket:
         cols.insert(0, pc.c.bucket)

@@ -165,10 +165,13 @@ def build(
     dialect = ledger.dialect
     with ledger.read() as session:
         pc = query.pieces(dialect, period.start, period.end, window, None, by)
-        rows = [_row({name: str(getattr(r, name)) for name in by}, r) for r in query.aggregate(session, by, pc)]
-        counts = query.machine_counts(session, by, period.start, min(period.end, now))
-        for row in rows:
-            row.machines = counts.get(tuple(row.keys[name] for name in by), 0)
+        sqlite = dialect == "sqlite"
+        result = query.aggregate(session, by, pc, count_machines=sqlite)
+        rows = [_row({name: str(getattr(r, name)) for name in by}, r) for r in result]
+        if not sqlite:  # PostgreSQL: a DISTINCT aggregate would turn hashing into sorting every piece
+            counts = query.machine_counts(session, by, period.start, min(period.end, now))
+            for row in rows:
+                row.machines = counts.get(tuple(row.keys[name] for name in by), 0)
         rows.sort(key=lambda r: (-r.cost_micro, *r.keys.values()))
         total = Row(keys={})
         for row in rows:

@@ -146,18 +146,29 @@ def report(name: str, env: dict[str, str], runs: int) -> None:
     )
 
 
+def fill_in_child(kind: str, target: str, intervals: int) -> None:
+    """Seed in a child process, so this one stays small: a forked child's peak RSS would
+    otherwise start from this process's size."""
+    subprocess.run([str(PYTHON), __file__, "--fill", kind, target, "--intervals", str(intervals)], check=True, cwd=ROOT)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--intervals", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--fill", nargs=2, metavar=("KIND", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fill:
+        kind, target = args.fill
+        (fill_sqlite if kind == "sqlite" else fill_pg)(Path(target) if kind == "sqlite" else target, args.intervals)
+        return
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         home.mkdir()
         db = home / "ledger.db"
         t0 = time.perf_counter()
-        fill_sqlite(db, args.intervals)
+        fill_in_child("sqlite", str(db), args.intervals)
         print(
             f"SQLite ledger: {args.intervals:,} intervals written in {time.perf_counter() - t0:.1f} s "
             f"({db.stat().st_size / 2**20:.0f} MB)"
@@ -177,7 +188,7 @@ def main() -> None:
         try:
             url = make_url(pg).set(database=name).render_as_string(hide_password=False)
             t0 = time.perf_counter()
-            fill_pg(url, args.intervals)
+            fill_in_child("pg", url, args.intervals)
             print(f"PostgreSQL ledger: {args.intervals:,} intervals written in {time.perf_counter() - t0:.1f} s")
             report("PostgreSQL", base_env | {"DEEPOPS_HOME": str(home), "DEEPOPS_LEDGER_URL": url}, args.runs)
         finally:
