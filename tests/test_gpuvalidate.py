@@ -163,8 +163,9 @@ def test_probe_main_exit_codes(capsys):
 
 
 def test_shipped_script_runs_without_the_package(tmp_path):
-    """The payload is self-contained: with deepops_infra unimportable it still validates."""
-    script = tmp_path / "gpuvalidate.py"
+    """The payload is self-contained: with deepops_infra unimportable it still validates, and its
+    all-reduce ranks re-import it from a file named as the launcher names it (mktemp, no .py)."""
+    script = tmp_path / "deepops-gpuvalidate.Ab12Cd"
     script.write_text(payload())
     blocker = "import sys, runpy; sys.modules['deepops_infra'] = None; sys.argv = sys.argv[1:]; "
     proc = subprocess.run(
@@ -174,7 +175,7 @@ def test_shipped_script_runs_without_the_package(tmp_path):
             blocker + "runpy.run_path(sys.argv[0], run_name='__main__')",
             str(script),
             "--config",
-            json.dumps({"expect": {"count": 0}}),
+            json.dumps({"expect": {"count": 0}, "allreduce_world": 2}),
         ],
         capture_output=True,
         text=True,
@@ -184,6 +185,7 @@ def test_shipped_script_runs_without_the_package(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["passed"] is True and result["checks"][0]["name"] == "gpu inventory"
+    assert result["figures"]["allreduce"]["correct"] is True and result["figures"]["allreduce"]["world"] == 2
 
 
 def test_parse_result_needs_the_json():
