@@ -89,8 +89,12 @@ def reap(
     def on_signal(signum, frame) -> None:  # type: ignore[no-untyped-def]
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def own_signals() -> None:
+        # ansible-runner installs its own SIGTERM/SIGINT handlers for each play and leaves them.
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    own_signals()
     port = rs.metrics_port if metrics_port is None else metrics_port
     if port:
         try:
@@ -101,7 +105,11 @@ def reap(
     every = (pause or rs.interval).total_seconds()
     while not stop["now"]:
         started = time.monotonic()
-        cycle()
+        try:
+            cycle()
+        except KeyboardInterrupt:  # a stop signal that reached a play: the release resumes next cycle
+            break
+        own_signals()
         while not stop["now"] and time.monotonic() - started < every:
             time.sleep(0.2)
     print_json({"stopped": True}) if json_out else info("reaper stopped")
