@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from deepops_infra.cli.common import info, open_ledger, print_json, settings
+from deepops_infra.cli.common import info, open_ledger, settings
 
 
 def _say(report) -> None:  # type: ignore[no-untyped-def]
@@ -112,4 +112,7 @@ def reap(
         own_signals()
         while not stop["now"] and time.monotonic() - started < every:
             time.sleep(0.2)
-    print_json({"stopped": True}) if json_out else info("reaper stopped")
+    if json_out:
+        sys.stdout.write(json.dumps({"stopped": True}) + "\n")
+    else:
+        info("reaper stopped")

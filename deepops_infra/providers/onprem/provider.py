@@ -77,6 +77,9 @@ class OnpremProvider(Provider):
         return hosts
 
     def plan(self, request: "MachineRequest", image: "Image") -> list[Plan]:
+        from deepops_infra.agent.settings import AgentSettings
+
+        AgentSettings.load(self.settings)  # a bad `agent:` section fails here, before anything is written
         if image.onprem is None:
             raise UserError(f"--image {image.name}: the image has no on-prem pin; choose another image")
         plans, offered = [], []
