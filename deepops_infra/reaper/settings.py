@@ -4,7 +4,7 @@
 reaper:
   interval: 1m            # between cycles of `deepops reap --daemon`
   grace: 10m              # a warning is sent this long before the machine is ended
-  setup_timeout: 30m      # a launch (or a release) with no progress for this long is over
+  setup_timeout: 1h       # a launch (or a release) with no progress for this long is over
   max_actions: 20         # destructive actions per cycle, at most ...
   max_fraction: 0.5       # ... and at most this fraction of the machines, once there are
   fraction_min_fleet: 10  #     this many (a small fleet is not capped by the fraction)
@@ -28,7 +28,7 @@ from deepops_infra.yamlfile import FileError
 class ReaperSettings:
     interval: timedelta = timedelta(minutes=1)
     grace: timedelta = timedelta(minutes=10)
-    setup_timeout: timedelta = timedelta(minutes=30)
+    setup_timeout: timedelta = timedelta(hours=1)
     max_actions: int = 20
     max_fraction: float = 0.5
     fraction_min_fleet: int = 10
