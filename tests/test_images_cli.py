@@ -194,14 +194,18 @@ def test_bake_vars_come_from_the_image_definition(tmp_path):
         "framework_lock_sha256": image.onprem.sha256,
         "framework_python": "python3.11",
     }
-    # Every variable the template declares without a default is set.
-    template = (images_dir() / "packer" / "gpu-image.pkr.hcl").read_text()
-    import re
+    # The template parses as HCL2, every variable it declares without a default is set, and it
+    # provisions with the configure-gpu playbook and records its builds in a manifest.
+    import hcl2
 
-    required = {
-        m.group(1) for m in re.finditer(r'variable "(\w+)" \{(.*?)\n\}', template, re.S) if "default" not in m.group(2)
-    }
-    assert required == set(variables)
+    template = hcl2.load((images_dir() / "packer" / "gpu-image.pkr.hcl").open())
+    declared = {name.strip('"'): body for block in template["variable"] for name, body in block.items()}
+    assert {name for name, body in declared.items() if "default" not in body} == set(variables)
+    build = template["build"][0]
+    playbook = build["provisioner"][0]['"ansible"']["playbook_file"]
+    assert playbook == '"${path.root}/../../roles/playbooks/configure-gpu.yml"'
+    assert (images_dir().parent / "roles" / "playbooks" / "configure-gpu.yml").exists()
+    assert '"manifest"' in build["post-processor"][0]
 
 
 @pytest.mark.parametrize(
