@@ -10,8 +10,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     PROVISIONING: frozenset({CONFIGURING, FAILED, TERMINATING}),
     CONFIGURING: frozenset({VALIDATING, FAILED, TERMINATING}),
     VALIDATING: frozenset({READY, FAILED, TERMINATING}),
-    READY: frozenset({IDLE, TERMINATING}),
-    IDLE: frozenset({READY, TERMINATING}),
+    # `deepops validate` takes a running machine back through validating: it returns to ready,
+    # or ends failed, so "failed" still only ever follows a step before ready.
+    READY: frozenset({IDLE, TERMINATING, VALIDATING}),
+    IDLE: frozenset({READY, TERMINATING, VALIDATING}),
     TERMINATING: frozenset({TERMINATED}),
     TERMINATED: frozenset(),
     FAILED: frozenset(),  # a failed machine is torn down; the teardown is an event, not a status

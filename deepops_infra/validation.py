@@ -105,15 +105,27 @@ def revalidate(
 ) -> tuple[dict[str, Any], str | None]:
     """`deepops validate`: measure a live machine again, store the result, end the machine if it fails.
 
-    Returns the result and, when it failed, what became of the machine. A machine still before
-    `ready` goes `failed`; a ready one is released with the failure as the reason (the lifecycle
-    has no way back from ready to failed). `keep` leaves it up for debugging."""
+    Returns the result and, when it failed, what became of the machine. The machine goes back to
+    `validating` for the run, then to `ready` when it passes or `failed` (torn down unless `keep`)
+    when it does not."""
     from deepops_infra import states
     from deepops_infra.ledger import store
     from deepops_infra.lifecycle import Lifecycle
 
-    with progress.step(f"validating {machine.id}"):
-        result = gpu_validation(provider, machine, image, quick=quick)
+    with ledger.write() as session:
+        row = store.find_machine(session, machine.id, for_update=True)
+        if states.can_transition(row.status, states.VALIDATING):
+            store.transition(session, row, states.VALIDATING, "validation requested")
+        machine.status = row.status
+    try:
+        with progress.step(f"validating {machine.id}"):
+            result = gpu_validation(provider, machine, image, quick=quick)
+    except Exception as exc:  # could not measure: the machine is as it was, say why
+        with ledger.write() as session:
+            row = store.find_machine(session, machine.id, for_update=True)
+            if row.status == states.VALIDATING:
+                store.transition(session, row, states.READY, f"validation could not run: {exc}")
+        raise
     result["at"] = store.now().isoformat().replace("+00:00", "Z")
     with ledger.write() as session:
         row = store.find_machine(session, machine.id)
@@ -125,18 +137,12 @@ def revalidate(
             "GPU validation passed" if result["passed"] else "GPU validation failed: " + failed_summary(result),
             data={"passed": result["passed"], "figures": result["gpu"].get("figures")},
         )
+        if result["passed"] and row.status == states.VALIDATING:
+            store.transition(session, row, states.READY, "validation passed")
+        machine.status = row.status
     machine.validation = result
     if result["passed"]:
         return result, None
     reason = "validation failed: " + failed_summary(result)
-    lifecycle = Lifecycle(settings, ledger, provider, progress)
-    if states.can_transition(machine.status, states.FAILED):
-        lifecycle.fail(machine, reason, teardown=not keep)
-    elif keep:
-        with ledger.write() as session:
-            row = store.find_machine(session, machine.id)
-            hint = f"kept for debugging (--keep); end it with `deepops down {row.id} --yes`"
-            store.add_event(session, row, "kept", hint)
-    else:
-        lifecycle.down(machine, reason)
+    Lifecycle(settings, ledger, provider, progress).fail(machine, reason, teardown=not keep)
     return result, f"{machine.id} {reason}" + ("; kept for debugging (--keep)" if keep else f"; {machine.status}")

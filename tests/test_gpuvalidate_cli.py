@@ -89,8 +89,13 @@ def test_a_machine_that_fails_is_released_unless_kept(sqlite_deepops):
         "0 found; kept for debugging (--keep)"
     )
     after = d.json("show", kept["id"])
-    assert after["status"] == "ready" and after["validation"]["passed"] is False
-    assert [e["kind"] for e in after["events"]][-2:] == ["validation", "kept"]
+    assert after["status"] == "failed" and after["validation"]["passed"] is False and after["ended_at"] is None
+    assert [(e["kind"], e["to"]) for e in after["events"]][-4:] == [
+        ("transition", "validating"),
+        ("validation", None),
+        ("transition", "failed"),
+        ("kept", None),
+    ]
     d.run("down", kept["id"], "--yes", check=True)
 
     released = _up(d, "--gpus", "A100-80GB:1")
@@ -99,7 +104,8 @@ def test_a_machine_that_fails_is_released_unless_kept(sqlite_deepops):
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["passed"] is False
     gone = d.json("show", released["id"])
-    assert gone["status"] == "terminated" and gone["ended_at"] is not None
-    assert gone["events"][-1]["reason"].startswith("validation failed: gpu inventory: ordered 1 x A100-80GB")
+    assert gone["status"] == "failed" and gone["ended_at"] is not None
+    assert gone["status_reason"].startswith("validation failed: gpu inventory: ordered 1 x A100-80GB")
+    assert gone["events"][-1]["kind"] == "teardown"
     assert not (d.home / "workspaces" / released["id"]).exists()
     assert d.json("ls") == []
