@@ -184,7 +184,7 @@ def test_pci_scan_counts_only_nvidia_gpus(tmp_path):
 @pytest.mark.ansible
 def test_ansible_lint_production_profile():
     lint = Path(sys.executable).parent / "ansible-lint"
-    paths = [f"roles/{name}" for name in ROLES] + ["roles/playbooks/configure-gpu.yml"]
+    paths = ["roles"]  # every role and playbook of the project
     proc = subprocess.run(
         [str(lint), "--nocolor", *paths],
         cwd=roles_dir().parent,

@@ -519,11 +519,11 @@ class DirectPlays:
             "onprem-lease",
             machine_id,
             {
-                "lease_machine_id": machine_id,
-                "lease_workspace_root": str(self.workspaces),
-                "lease_gpu_indexes": [],
-                "lease_gpus_declared": False,
-                "lease_disk_gb": 0,
+                "onprem_lease_machine_id": machine_id,
+                "onprem_lease_workspace_root": str(self.workspaces),
+                "onprem_lease_gpu_indexes": [],
+                "onprem_lease_gpus_declared": False,
+                "onprem_lease_disk_gb": 0,
             },
         )
         configure = self._play(
@@ -540,7 +540,7 @@ class DirectPlays:
         if not (workspace / "env" / "bin" / "python").exists():
             raise RuntimeError(f"configure.yml left no venv in {workspace}")
         release = self._play(
-            "release", machine_id, {"release_machine_id": machine_id, "release_workspace": str(workspace)}
+            "release", machine_id, {"onprem_release_machine_id": machine_id, "onprem_release_workspace": str(workspace)}
         )
         if workspace.exists():
             raise RuntimeError(f"release.yml left {workspace} behind")
