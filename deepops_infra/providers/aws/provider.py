@@ -187,11 +187,12 @@ class AwsProvider(Provider):
         )
 
     @staticmethod
-    def wait_for_ssh(address: str, port: int = 22, timeout_s: float = SSH_WAIT_S) -> None:
+    def wait_for_ssh(address: str, port: int = 22, timeout_s: float | None = None) -> None:
+        timeout_s = SSH_WAIT_S if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                with socket.create_connection((address, port), timeout=5):
+                with socket.create_connection((address, port), timeout=min(5, max(timeout_s, 0.1))):
                     return
             except OSError as exc:
                 if time.monotonic() > deadline:

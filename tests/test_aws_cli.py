@@ -1,0 +1,82 @@
+"""`deepops up` on AWS through the CLI: the dry-run plan, and bad input that creates nothing."""
+
+import json
+from typing import Any
+
+import pytest
+
+
+def test_dry_run_prints_the_plan_with_hand_checked_prices(sqlite_deepops: Any) -> None:
+    out = sqlite_deepops.run(
+        "up",
+        "--gpus",
+        "H100:8",
+        "--cloud",
+        "aws",
+        "--image",
+        "pytorch",
+        "--ttl",
+        "8h",
+        "--dry-run",
+        "--json",
+        check=True,
+    )
+    plan = json.loads(out.stdout)
+    assert {k: plan[k] for k in ("cloud", "region", "instance_type", "accelerator", "accelerator_count")} == {
+        "cloud": "aws",
+        "region": "us-east-1",
+        "instance_type": "p5.48xlarge",
+        "accelerator": "H100-80GB",
+        "accelerator_count": 8,
+    }
+    assert plan["image_id"] == "ami-0f7c4a792e3fb63c8" and plan["spot"] is False
+    # 55.04 + 100 GB x 0.08 / 730 = 55.050959 per hour; x 8 h = 440.407672
+    assert plan["price_per_hour"] == "55.050959" and plan["estimated_cost"] == "440.41"
+    assert [(a["region"], a["price_per_hour"]) for a in plan["alternatives"]] == [("us-west-2", "55.050959")]
+    assert not (sqlite_deepops.home / "pulumi").exists()
+
+
+def test_auto_places_on_the_cheapest_allowed_target(sqlite_deepops: Any) -> None:
+    out = sqlite_deepops.run("up", "--gpus", "T4:1", "--cloud", "auto", "--spot", "--dry-run", "--json", check=True)
+    plan = json.loads(out.stdout)
+    # spot g4dn.xlarge: us-east-1 0.2 < us-west-2 0.2386 < eu-west-1 0.3147; + 0.010959 disk
+    assert (plan["cloud"], plan["region"], plan["instance_type"], plan["price_per_hour"]) == (
+        "aws",
+        "us-east-1",
+        "g4dn.xlarge",
+        "0.210959",
+    )
+    assert plan["spot"] is True
+    # then: us-west-2 g4dn.xlarge 0.2386, us-west-2 g4dn.2xlarge 0.295, us-east-1 g4dn.2xlarge 0.3112,
+    # eu-west-1 g4dn.xlarge 0.3147 (cpu-minimal is pinned there)
+    assert [(a["region"], a["instance_type"]) for a in plan["alternatives"][:4]] == [
+        ("us-west-2", "g4dn.xlarge"),
+        ("us-west-2", "g4dn.2xlarge"),
+        ("us-east-1", "g4dn.2xlarge"),
+        ("eu-west-1", "g4dn.xlarge"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gpus", "MI300X:1"], "no aws offer has MI300X"),
+        (["--gpus", "H100:8", "--region", "eu-west-1"], "--region eu-west-1: no offer of 8 x H100 there"),
+        (["--gpus", "T4:1", "--region", "eu-west-1", "--image", "pytorch"], "image pytorch has no pin there"),
+        (["--gpus", "T4:1", "--ttl", "3d"], "rule max_ttl"),
+        (["--gpus", "T4:1", "--yes"], "the `pulumi` CLI is not installed"),
+    ],
+)
+def test_bad_input_is_one_line_and_creates_nothing(sqlite_deepops: Any, args: list[str], message: str) -> None:
+    home = sqlite_deepops.home
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text("policy:\n  default:\n    max_ttl: 1d\n")
+    sqlite_deepops.env["PATH"] = "/nonexistent"  # no pulumi CLI (the interpreter is run by absolute path)
+    sqlite_deepops.env["HOME"] = str(home)
+    result = sqlite_deepops.run("up", "--cloud", "aws", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("deepops: error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    listed = sqlite_deepops.run("ls", "--all", "--json", check=True)
+    assert json.loads(listed.stdout) == []
+    assert not (home / "pulumi").exists() and not (home / "keys").exists()
