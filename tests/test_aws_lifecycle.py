@@ -23,7 +23,11 @@ from deepops_infra.providers.aws import provider as aws_provider
 from deepops_infra.providers.aws.clients import Clients
 from deepops_infra.providers.aws.provider import AwsProvider
 from deepops_infra.request import GpuSpec, MachineRequest
-from tests.test_aws_readpath import AMIS, clients, moto_url  # noqa: F401  (fixtures)
+from tests import test_aws_readpath as moto_fixtures
+
+AMIS = moto_fixtures.AMIS
+moto_url = moto_fixtures.moto_url  # the module's moto server
+moto_clients = moto_fixtures.clients  # pytest names an imported fixture by the attribute
 
 
 class MotoBackend(Backend):
@@ -136,7 +140,7 @@ def request(gpus: str = "H100:8", **kw: Any) -> MachineRequest:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, ledger_url: str, clients: Clients, monkeypatch: pytest.MonkeyPatch) -> Any:  # noqa: F811
+def setup(tmp_path: Path, ledger_url: str, moto_clients: Clients, monkeypatch: pytest.MonkeyPatch) -> Any:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     (home / "config.yaml").write_text("aws:\n  ssh_cidr: 203.0.113.7/32\n")
@@ -144,7 +148,7 @@ def setup(tmp_path: Path, ledger_url: str, clients: Clients, monkeypatch: pytest
     monkeypatch.setattr(aws_provider, "SSH_WAIT_S", 0.2)
     settings = Settings(home=home)
     ledger = Ledger(ledger_url)
-    return settings, ledger, clients
+    return settings, ledger, moto_clients
 
 
 def test_capacity_failure_moves_to_the_next_offer_and_every_attempt_is_torn_down(setup: Any) -> None:
@@ -158,7 +162,7 @@ def test_capacity_failure_moves_to_the_next_offer_and_every_attempt_is_torn_down
     assert plans[0].price.per_hour == Decimal("55.061918")
     life = Lifecycle(settings, ledger, provider, QuietProgress())
     machine = life.record(request(), image, plans)
-    with pytest.raises(OperationError, match="SSH on 192.0.2.10:22 did not answer"):
+    with pytest.raises(OperationError, match=r"SSH on 192\.0\.2\.10:22 did not answer"):
         life.launch(machine, image)
     # us-east-1 had no capacity (its partial stack destroyed), us-west-2 was created, then configure
     # could not reach it: the machine failed and its stack was destroyed and removed.
