@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from deepops_infra.cli import catalog, cost, doctor, images, machines, pool, reap, validate
+from deepops_infra.cli import catalog, cost, doctor, images, login, machines, pool, reap, serve, validate
 from deepops_infra.errors import DeepopsError
 
 app = typer.Typer(
@@ -26,6 +26,9 @@ app.command(name="reap")(reap.reap)
 app.add_typer(catalog.app, name="catalog")
 app.command(name="gpus")(catalog.gpus)
 app.add_typer(cost.app, name="cost")
+app.command(name="serve")(serve.serve)
+app.command(name="login")(login.login)
+app.add_typer(login.tokens_app, name="tokens")
 
 
 def _fail(message: str, code: int) -> None:

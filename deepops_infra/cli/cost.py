@@ -1,6 +1,7 @@
 """`deepops cost`: what machines cost (by owner, team, project, cloud, GPU, machine), budgets,
 and reconciliation with the clouds' bills. Numbers come from the ledger's frozen prices."""
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +61,10 @@ def cost(
     burn rate and a forecast to the end of the month. Amounts in USD at the prices frozen at launch."""
     if ctx.invoked_subcommand is not None:
         return
+    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
+        from deepops_infra import client
+
+        return client.cost(by, month, since, until, fmt, output)
     from datetime import UTC, datetime
 
     from deepops_infra.costs.period import Period

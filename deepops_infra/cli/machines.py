@@ -139,6 +139,10 @@ def up(
         project=project,
         name=name,
     )
+    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
+        from deepops_infra import client
+
+        return client.up(opts.__dict__, like, keep_on_failure, json_out, dry_run)
     _, machine = _launch(opts, like, yes, json_out, dry_run, keep_on_failure)
     if machine is None:
         return
@@ -207,6 +211,10 @@ def ls(
     json_out: Json = False,
 ) -> None:
     """List machines (running ones; --all for every one)."""
+    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
+        from deepops_infra import client
+
+        return client.ls(all_, owner, json_out)
     from datetime import UTC, datetime
 
     from deepops_infra.ledger import quickread
@@ -237,6 +245,10 @@ def show(
     machine_ref: Annotated[str, typer.Argument(metavar="ID", help="Machine ID or name.")], json_out: Json = False
 ) -> None:
     """Everything about one machine: manifest (exact pin, host, GPUs, versions found), price, events."""
+    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
+        from deepops_infra import client
+
+        return client.show(machine_ref, json_out)
     from deepops_infra.ledger import store
     from deepops_infra.views import machine_json
 
@@ -323,6 +335,10 @@ def extend(
     json_out: Json = False,
 ) -> None:
     """Push a machine's expiry back (never past the team's maximum TTL)."""
+    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
+        from deepops_infra import client
+
+        return client.extend(machine_ref, ttl, json_out)
     from deepops_infra.lifecycle import extend as extend_machine
     from deepops_infra.request import parse_ttl
     from deepops_infra.views import machine_json
@@ -343,6 +359,10 @@ def down(
     json_out: Json = False,
 ) -> None:
     """Release machines: end their processes, remove their resources, close their cost."""
+    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
+        from deepops_infra import client
+
+        return client.down(machine_refs, yes, json_out)
     from deepops_infra.errors import DeepopsError, UserError
     from deepops_infra.ledger import store
     from deepops_infra.lifecycle import Lifecycle, cost_line

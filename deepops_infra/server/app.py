@@ -1,0 +1,641 @@
+"""The team server's HTTP API over the same lifecycle code as the CLI (`create_app`)."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deepops_infra.config import Settings
+from deepops_infra.errors import DeepopsError, NotFoundError, UserError
+from deepops_infra.ledger import store
+from deepops_infra.ledger.db import Ledger
+from deepops_infra.ledger.schema import ApiUser, AuditEntry, Machine
+from deepops_infra.server import identity
+from deepops_infra.server.identity import Caller
+from deepops_infra.server.problems import Problem, problem_response, status_for
+from deepops_infra.server.settings import ServerSettings
+from deepops_infra.views import machine_json
+from deepops_infra.yamlfile import FileError
+
+STATIC = Path(__file__).parent / "static"
+API = "/api/v1"
+MUTATING = ("POST", "PUT", "PATCH", "DELETE")
+Label = Annotated[str, Field(min_length=1, max_length=63)]
+
+
+class MachineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gpus: str | None = Field(None, max_length=32, description="MODEL:COUNT, MODEL, or 0 for CPU only")
+    cloud: str | None = Field(None, max_length=16)
+    region: str | None = Field(None, max_length=64)
+    host: str | None = Field(None, max_length=128)
+    image: str | None = Field(None, max_length=64)
+    spot: bool | None = None
+    ttl: str | None = Field(None, max_length=16)
+    idle_timeout: str | None = Field(None, max_length=16)
+    disk: int | None = Field(None, ge=1, le=65536)
+    owner: Label | None = Field(None, description="team-admin and it-admin only")
+    team: Label | None = None
+    project: Label | None = None
+    name: str | None = Field(None, max_length=64)
+    dry_run: bool = False
+
+
+class ExtendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl: str = Field(max_length=16)
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: Label | None = Field(None, description="it-admin only: another person (created when new)")
+    team: Label | None = None
+    role: Literal["member", "team-admin", "it-admin", "finance"] | None = None
+    ttl: str | None = Field(None, max_length=16)
+    label: str | None = Field(None, max_length=64)
+
+
+class HostIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=128)
+
+
+class RateLimiter:
+    """A token bucket per caller key (the token's hash, or the client address)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> float:
+        """0 when allowed, else the seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
+class Server:
+    """What the handlers share: settings, the ledger, the launch threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = ServerSettings.load(settings)
+        settings.ensure_home()
+        self.ledger = Ledger(settings.ledger_url)
+        self.launches = ThreadPoolExecutor(max_workers=8, thread_name_prefix="deepops-launch")
+        self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
+        self.stop = threading.Event()
+
+    def lifecycle(self, cloud: str) -> Any:
+        from deepops_infra.lifecycle import Lifecycle
+        from deepops_infra.progress import make_progress
+        from deepops_infra.providers import get_provider
+
+        return Lifecycle(
+            self.settings, self.ledger, get_provider(cloud, self.settings, self.ledger), make_progress(enabled=False)
+        )
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat().replace("+00:00", "Z") if at else None
+
+
+def create_app(settings: Settings | None = None, *, reaper: bool = False) -> FastAPI:
+    """The API and the web page. With `reaper`, a reaper cycle runs every server.reaper_interval
+    in this process; the reaper's per-machine locks keep it from acting beside another reaper."""
+    from contextlib import asynccontextmanager
+
+    server = Server(settings or Settings.from_env())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        thread = None
+        if reaper:
+            from deepops_infra.server.reaper_loop import run_reaper_loop
+
+            thread = threading.Thread(target=run_reaper_loop, args=(server,), name="deepops-reaper", daemon=True)
+            thread.start()
+        yield
+        server.stop.set()
+        server.launches.shutdown(wait=False, cancel_futures=False)
+        if thread is not None:
+            thread.join(timeout=30)
+
+    app = FastAPI(
+        title="deepops team server",
+        version="1",
+        description="Ephemeral GPU machines for a team: request, list, extend and release them; offers, "
+        "costs and budgets; pool and policy administration. Authenticate with `Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    app.state.server = server
+
+    # -- errors as problem details -------------------------------------------------------------
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return problem_response(exc.status, exc.detail, request.url.path, exc.headers, **exc.extra)
+
+    @app.exception_handler(DeepopsError)
+    async def _deepops(request: Request, exc: DeepopsError) -> Response:
+        return problem_response(status_for(exc), str(exc).strip().splitlines()[0], request.url.path)
+
+    @app.exception_handler(FileError)
+    async def _file(request: Request, exc: FileError) -> Response:
+        return problem_response(500, f"server configuration: {exc}", request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200]} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid"}
+        detail = f"{'.'.join(first['loc'][1:]) or 'body'}: {first['msg']}"
+        return problem_response(422, detail, request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        return problem_response(exc.status_code, str(exc.detail), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        return problem_response(500, f"internal error ({type(exc).__name__})", request.url.path)
+
+    # -- limits and audit ------------------------------------------------------------------------
+
+    @app.middleware("http")
+    async def limits_and_audit(request: Request, call_next: Any) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        path = request.url.path
+        auth = request.headers.get("authorization", "")
+        key = identity.hash_token(auth) if auth else "ip:" + (request.client.host if request.client else "?")
+        wait = server.limiter.allow(key)
+        response: Response
+        if wait:
+            response = problem_response(
+                429, f"rate limit: retry in {wait:.1f}s", path, {"Retry-After": str(max(1, round(wait)))}
+            )
+        elif request.method in MUTATING and _too_large(request, server.config.max_body_bytes):
+            response = problem_response(
+                413, f"request bodies are limited to {server.config.max_body_bytes} bytes (with Content-Length)", path
+            )
+        else:
+            response = await call_next(request)
+        if request.method in MUTATING and path.startswith(API):
+            caller: Caller | None = getattr(request.state, "caller", None)
+            await run_in_threadpool(_audit, server, request, caller, response.status_code)
+        return response
+
+    # -- identity --------------------------------------------------------------------------------
+
+    def caller(request: Request) -> Caller:
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Problem(
+                401, "send `Authorization: Bearer <token>` (see `deepops login`)", {"WWW-Authenticate": "Bearer"}
+            )
+        at = store.now()
+        with server.ledger.read() as session:
+            who = identity.authenticate(session, token.strip(), at)
+        if who is None:
+            raise Problem(401, "the token is unknown, expired or revoked", {"WWW-Authenticate": "Bearer"})
+        request.state.caller = who
+        return who
+
+    Who = Annotated[Caller, Depends(caller)]
+
+    def need(who: Caller, *roles: str) -> None:
+        if who.role not in roles:
+            raise Problem(403, f"role {who.role} may not do this (needs {' or '.join(roles)})")
+
+    def visible_machine(session: Any, who: Caller, ref: str) -> Machine:
+        need(who, "member", "team-admin", "it-admin")
+        try:
+            m = store.find_machine(session, ref)
+        except NotFoundError:
+            raise Problem(404, f"no machine {ref!r} visible to you") from None
+        if not who.can_see(m.owner, m.team):
+            raise Problem(404, f"no machine {ref!r} visible to you")  # another's machine is not even named
+        return m
+
+    def scope(query: Any, who: Caller) -> Any:
+        if who.role == "member":
+            return query.where(Machine.owner == who.name)
+        if who.role == "team-admin":
+            return query.where(Machine.team == who.team)
+        return query
+
+    @app.get(API + "/me", tags=["identity"], summary="Who the token belongs to")
+    def me(who: Who) -> dict[str, Any]:
+        return {"user": who.name, "team": who.team, "role": who.role, "token": who.token_id}
+
+    # -- machines --------------------------------------------------------------------------------
+
+    @app.get(API + "/machines", tags=["machines"], summary="List machines you may see")
+    def list_machines(
+        who: Who,
+        all: Annotated[bool, Query(description="Include machines that have ended")] = False,
+        owner: Annotated[str | None, Query(max_length=63)] = None,
+    ) -> list[dict[str, Any]]:
+        need(who, "member", "team-admin", "it-admin")
+        at = datetime.now(UTC)
+        query = select(Machine).order_by(Machine.created_at)
+        if not all:
+            query = query.where(Machine.ended_at.is_(None))
+        if owner:
+            query = query.where(Machine.owner == owner)
+        with server.ledger.read() as session:
+            machines = list(session.scalars(scope(query, who)))
+            spent = store.costs(session, [m.id for m in machines], at)
+        return [machine_json(m, spent[m.id]) for m in machines]
+
+    @app.get(API + "/machines/{ref}", tags=["machines"], summary="One machine with its manifest and events")
+    def show_machine(who: Who, ref: str) -> dict[str, Any]:
+        with server.ledger.read() as session:
+            m = visible_machine(session, who, ref)
+            spent = store.costs(session, [m.id])[m.id]
+            history = [
+                {"at": _iso(e.at), "kind": e.kind, "from": e.from_status, "to": e.to_status, "reason": e.reason}
+                for e in store.events(session, m.id)
+            ]
+        return machine_json(m, spent) | {
+            "request": m.request,
+            "plan": m.plan,
+            "price": m.price_breakdown,
+            "provider_refs": {k: v for k, v in (m.provider_refs or {}).items() if k != "host_facts"},
+            "manifest": m.manifest,
+            "validation": m.validation,
+            "events": history,
+        }
+
+    @app.post(API + "/machines", tags=["machines"], status_code=202, summary="Request a machine")
+    def request_machine(who: Who, body: MachineIn, request: Request, response: Response) -> dict[str, Any]:
+        """Validated, planned and recorded before this answers (202); provisioning goes on in the
+        server. Poll GET /machines/{id} until `ready` or `failed`. With dry_run, only the plan."""
+        from deepops_infra.cli.machines import _plan_json
+        from deepops_infra.intake import Options, build_request
+        from deepops_infra.providers import get_provider
+
+        need(who, "member", "team-admin", "it-admin")
+        owner = body.owner or who.name
+        team = body.team or who.team
+        if owner != who.name and who.role == "member":
+            raise Problem(403, "a member requests machines for themselves only (drop owner)")
+        if owner != who.name and who.role == "team-admin":
+            with server.ledger.read() as session:
+                person = session.get(ApiUser, owner)
+            if person is None or person.team != who.team:
+                raise Problem(403, f"a team-admin requests machines for people of team {who.team} only")
+        if team != who.team and who.role != "it-admin":
+            raise Problem(403, f"you request for team {who.team} only")
+        opts = Options(**body.model_dump(exclude={"owner", "team", "dry_run"}), owner=owner, team=team)
+        request_, image = build_request(server.settings, opts)
+        provider = get_provider(request_.cloud, server.settings, server.ledger)
+        plans = provider.plan(request_, image)
+        plan = _plan_json(request_, plans)
+        if body.dry_run:
+            response.status_code = 200
+            return {"plan": plan, "image": image.name}
+        lifecycle = server.lifecycle(request_.cloud)
+        lifecycle.provider = provider
+        machine = lifecycle.record(request_, image, plans)
+        request.state.target = machine.id
+        server.launches.submit(_launch, lifecycle, machine, image)
+        response.headers["Location"] = f"{API}/machines/{machine.id}"
+        return machine_json(machine, None) | {"plan": plan}
+
+    @app.post(API + "/machines/{ref}/extend", tags=["machines"], summary="Push a machine's expiry back")
+    def extend_machine(who: Who, ref: str, body: ExtendIn, request: Request) -> dict[str, Any]:
+        from deepops_infra.lifecycle import extend
+        from deepops_infra.request import parse_ttl
+
+        with server.ledger.read() as session:
+            m = visible_machine(session, who, ref)
+        request.state.target = m.id
+        delta = parse_ttl(body.ttl)
+        return machine_json(extend(server.settings, server.ledger, m.id, delta))
+
+    @app.delete(API + "/machines/{ref}", tags=["machines"], summary="Release a machine")
+    def release_machine(who: Who, ref: str, request: Request) -> dict[str, Any]:
+        from deepops_infra.lifecycle import cost_line
+
+        with server.ledger.read() as session:
+            m = visible_machine(session, who, ref)
+        request.state.target = m.id
+        if m.ended_at is not None:
+            raise UserError(f"{m.id} already ended ({m.status})")
+        ended = server.lifecycle(m.cloud).down(m, "released by " + who.name + " (team server)")
+        return {"machine": machine_json(ended.machine, ended.cost), "cost_line": cost_line(ended)}
+
+    # -- offers, policy, pool ---------------------------------------------------------------------
+
+    @app.get(API + "/offers", tags=["offers"], summary="GPU offers: the clouds' catalog and the on-prem pool")
+    def offers(
+        who: Who,
+        cloud: Annotated[str | None, Query(max_length=16)] = None,
+        accelerator: Annotated[str | None, Query(max_length=32)] = None,
+    ) -> dict[str, Any]:
+        from deepops_infra.accelerators import canonical_model, model_allows
+        from deepops_infra.catalog import load_catalog
+        from deepops_infra.pool import load_pool
+
+        need(who, "member", "team-admin", "it-admin")
+        items = load_catalog(server.settings.home)
+        if cloud:
+            items = [o for o in items if o.cloud == cloud]
+        if accelerator:
+            model = canonical_model(accelerator)
+            if model is None:
+                raise UserError(f"accelerator: unknown GPU model {accelerator!r}")
+            items = [o for o in items if model_allows(model, o.accelerator)]
+        items.sort(key=lambda o: (o.price_per_hour is None, o.price_per_hour or 0, o.cloud, o.region, o.instance_type))
+        pool = load_pool(server.settings.pool_path)
+        return {
+            "cloud": [o.to_json() for o in items],
+            "onprem": [h.to_dict() for h in pool.hosts] if cloud in (None, "onprem") else [],
+        }
+
+    @app.get(API + "/policy", tags=["policy"], summary="What you may request: your team's policy, images, hosts")
+    def policy(who: Who) -> dict[str, Any]:
+        from deepops_infra.images import load_images
+        from deepops_infra.pool import load_pool
+
+        config = server.settings.config
+        teams = {who.team: config.policy_for(who.team)}
+        if who.role == "it-admin":
+            teams |= config.team_policies | {"(default)": config.default_policy}
+        pool = load_pool(server.settings.pool_path)
+        return {
+            "team": who.team,
+            "defaults": config.defaults.__dict__,
+            "policies": {name: _policy_json(p) for name, p in teams.items()},
+            "images": [
+                {"name": i.name, "gpu_required": i.gpu_required, "description": getattr(i, "description", "")}
+                for i in load_images().values()
+            ],
+            "hosts": [
+                {"name": h.name, "gpus": len(h.declared_gpus) if h.declared_gpus is not None else None}
+                for h in pool.hosts
+            ],
+        }
+
+    @app.get(API + "/pool", tags=["pool"], summary="On-prem pool hosts and their live leases (it-admin)")
+    def pool_ls(who: Who) -> list[dict[str, Any]]:
+        from deepops_infra.ledger.schema import GpuLease
+        from deepops_infra.pool import load_pool
+
+        need(who, "it-admin")
+        pool = load_pool(server.settings.pool_path)
+        with server.ledger.read() as session:
+            leases = session.execute(select(GpuLease.host, GpuLease.gpu_index).where(GpuLease.released_at.is_(None)))
+            held: dict[str, list[int]] = {}
+            for host, index in leases:
+                held.setdefault(host, []).append(index)
+        return [h.to_dict() | {"gpus_leased": sorted(held.get(h.name, []))} for h in pool.hosts]
+
+    @app.post(API + "/pool/hosts", tags=["pool"], status_code=201, summary="Add a pool host (it-admin)")
+    def pool_add(who: Who, body: HostIn, request: Request) -> dict[str, Any]:
+        from deepops_infra.pool import load_pool, parse_host_entry
+
+        need(who, "it-admin")
+        pool = load_pool(server.settings.pool_path)
+        request.state.target = body.name
+        if any(h.name == body.name for h in pool.hosts):
+            raise UserError(f"{body.name} is already in the pool")
+        host = parse_host_entry(body.model_dump(exclude_none=True), pool.path)
+        pool.hosts.append(host)
+        pool.save()
+        return host.to_dict()
+
+    @app.delete(API + "/pool/hosts/{name}", tags=["pool"], summary="Remove a pool host (it-admin)")
+    def pool_rm(who: Who, name: str, request: Request) -> dict[str, Any]:
+        from deepops_infra.pool import load_pool
+
+        need(who, "it-admin")
+        request.state.target = name
+        pool = load_pool(server.settings.pool_path)
+        host = pool.get(name)
+        with server.ledger.read() as session:
+            live = session.scalar(
+                select(func.count())
+                .select_from(Machine)
+                .where(Machine.cloud == "onprem", Machine.host == name, Machine.ended_at.is_(None))
+            )
+        if live:
+            raise Problem(409, f"{name} has {live} live machine(s); release them first")
+        pool.hosts.remove(host)
+        if name == "localhost":
+            pool.include_localhost = False
+        pool.save()
+        return {"removed": name}
+
+    # -- costs and budgets -----------------------------------------------------------------------
+
+    @app.get(API + "/costs", tags=["costs"], summary="Cost report (json, csv, html or table rows)")
+    def costs(
+        who: Who,
+        by: Annotated[list[str] | None, Query(max_length=6)] = None,
+        month: Annotated[str | None, Query(max_length=7)] = None,
+        since: Annotated[str | None, Query(max_length=32)] = None,
+        until: Annotated[str | None, Query(max_length=32)] = None,
+        format: Literal["json", "csv", "html", "table"] = "json",
+    ) -> Any:
+        from deepops_infra.costs import render
+        from deepops_infra.costs.period import Period
+        from deepops_infra.costs.report import build, validate_by
+
+        need(who, "finance", "team-admin", "it-admin")
+        groups = validate_by(by or ["team"])
+        period = Period.from_options(month, since, until, datetime.now(UTC))
+        report = build(server.ledger, period, groups, details=format == "html")
+        if who.role == "team-admin":
+            report = _only_team(report, who.team)
+        if format == "csv":
+            return PlainTextResponse(render.to_csv(report), media_type="text/csv")
+        if format == "html":
+            from deepops_infra.costs.html import render_html
+
+            return HTMLResponse(render_html(report))
+        if format == "table":
+            columns, rows = render.table_rows(report)
+            return {"title": f"Costs {period.label} (UTC), USD at launch prices", "columns": columns, "rows": rows}
+        return report.to_json()
+
+    @app.get(API + "/budgets", tags=["costs"], summary="Spend against the monthly budgets")
+    def budgets(who: Who, month: Annotated[str | None, Query(max_length=7)] = None) -> dict[str, Any]:
+        from deepops_infra.costs import budgets as budget_mod
+        from deepops_infra.costs.period import Period
+
+        need(who, "finance", "team-admin", "it-admin")
+        now = datetime.now(UTC)
+        period = Period.month(month) if month else Period.current_month(now)
+        statuses = budget_mod.status(server.ledger, budget_mod.load(server.settings.config), period, now)
+        if who.role == "team-admin":
+            statuses = [st for st in statuses if st.kind == "team" and st.name == who.team]
+        return {"month": period.label, "budgets": [st.to_json() for st in statuses]}
+
+    # -- tokens and audit --------------------------------------------------------------------------
+
+    @app.post(API + "/tokens", tags=["identity"], status_code=201, summary="Create an API token (shown once)")
+    def create_token(who: Who, body: TokenIn, request: Request) -> dict[str, Any]:
+        from deepops_infra.durations import parse_duration
+
+        user = body.user or who.name
+        if (user != who.name or body.role or body.team) and who.role != "it-admin":
+            raise Problem(403, "only an it-admin creates tokens for others or sets roles and teams")
+        ttl = parse_duration(body.ttl, "ttl") if body.ttl else server.config.token_ttl
+        with server.ledger.write() as session:
+            row = identity.ensure_user(session, user, body.team, body.role)
+            token, secret = identity.create_token(session, row, ttl, body.label)
+            out = identity.token_json(token, store.now()) | {"token": secret, "role": row.role, "team": row.team}
+        request.state.target = out["id"]
+        return out
+
+    @app.get(API + "/tokens", tags=["identity"], summary="Tokens (yours; every one for an it-admin)")
+    def list_tokens(who: Who) -> list[dict[str, Any]]:
+        now = store.now()
+        with server.ledger.read() as session:
+            rows = identity.list_tokens(session, None if who.role == "it-admin" else who.name)
+            return [identity.token_json(r, now) for r in rows]
+
+    @app.delete(API + "/tokens/{token_id}", tags=["identity"], summary="Revoke a token")
+    def revoke_token(who: Who, token_id: str, request: Request) -> dict[str, Any]:
+        request.state.target = token_id
+        with server.ledger.write() as session:
+            from deepops_infra.ledger.schema import ApiToken
+
+            row = session.get(ApiToken, token_id)
+            if row is None or (row.user_name != who.name and who.role != "it-admin"):
+                raise Problem(404, f"no token {token_id!r} of yours")
+            row = identity.revoke_token(session, token_id, store.now())
+            return identity.token_json(row, store.now())
+
+    @app.get(API + "/audit", tags=["identity"], summary="The audit log of mutating requests (it-admin)")
+    def audit(who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        need(who, "it-admin")
+        with server.ledger.read() as session:
+            rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
+            return [
+                {
+                    "at": _iso(r.at),
+                    "actor": r.actor,
+                    "role": r.role,
+                    "method": r.method,
+                    "path": r.path,
+                    "action": r.action,
+                    "target": r.target,
+                    "status": r.status_code,
+                    "outcome": r.outcome,
+                }
+                for r in rows
+            ]
+
+    # -- the web page ------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=_page_headers())
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> FileResponse:
+        allowed = {p.name: p for p in STATIC.iterdir() if p.is_file()}
+        if name not in allowed:
+            raise Problem(404, f"no file {name!r}")
+        return FileResponse(allowed[name], headers=_page_headers())
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _page_headers() -> dict[str, str]:
+    return {
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "frame-src 'self' blob:; script-src 'self'",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+
+
+def _too_large(request: Request, limit: int) -> bool:
+    length = request.headers.get("content-length")
+    if length is None:
+        return "chunked" in request.headers.get("transfer-encoding", "")
+    try:
+        return int(length) > limit
+    except ValueError:
+        return True
+
+
+def _launch(lifecycle: Any, machine: Machine, image: Any) -> None:
+    """Provisioning in the server: failures end the machine `failed` (and torn down) as in the CLI."""
+    import contextlib
+
+    with contextlib.suppress(Exception):  # the lifecycle records the failure on the machine
+        lifecycle.launch(machine, image)
+
+
+def _audit(server: Server, request: Request, caller: Caller | None, status: int) -> None:
+    route = request.scope.get("route")
+    action = getattr(route, "name", None) or "unknown"
+    target = getattr(request.state, "target", None) or (request.path_params or {}).get("ref")
+    outcome = "ok" if status < 400 else ("refused" if status < 500 else "error")
+    entry = AuditEntry(
+        at=store.now(),
+        actor=caller.name if caller else None,
+        role=caller.role if caller else None,
+        method=request.method,
+        path=request.url.path[:255],
+        action=action[:64],
+        target=str(target)[:128] if target else None,
+        status_code=status,
+        outcome=outcome,
+        client=(request.client.host if request.client else None),
+    )
+    with server.ledger.write() as session:
+        session.add(entry)
+
+
+def _policy_json(p: Any) -> dict[str, Any]:
+    return {
+        "targets": list(p.targets),
+        "gpu_models": list(p.gpu_models),
+        "max_gpus_running": p.max_gpus_running,
+        "max_ttl_seconds": int(p.max_ttl.total_seconds()),
+        "default_ttl_seconds": int(p.default_ttl.total_seconds()),
+        "default_idle_timeout_seconds": int(p.default_idle_timeout.total_seconds()),
+        "max_idle_timeout_seconds": int(p.max_idle_timeout.total_seconds()),
+    }
+
+
+def _only_team(report: Any, team: str) -> Any:
+    """A team-admin's report: only rows whose team is theirs (the report must be grouped by team)."""
+    if "team" not in report.by:
+        raise Problem(403, "a team-admin's reports are grouped by team (add by=team)")
+    from deepops_infra.costs.report import Row
+
+    rows = [r for r in report.rows if r.keys.get("team") == team]
+    total = Row(keys={})
+    for r in rows:
+        total.add(r)
+    return replace(report, rows=rows, total=total, top_machines=[], series=[], idle_by_team=[])

@@ -1,0 +1,130 @@
+"""Who is calling: API tokens (only their SHA-256 is stored), users with a team and a role, and
+optionally OIDC bearer tokens checked against the configured JWKS."""
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deepops_infra.errors import NotFoundError, UserError
+from deepops_infra.ledger import store
+from deepops_infra.ledger.schema import ApiToken, ApiUser
+from deepops_infra.request import check_label
+
+ROLES = ("member", "team-admin", "it-admin", "finance")
+TOKEN_PREFIX = "dpo_"
+MAX_TOKEN_TTL = timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    team: str
+    role: str
+    token_id: str | None = None
+
+    def can_see(self, owner: str, team: str) -> bool:
+        """Machines: a member sees their own, a team-admin the team's, an it-admin every one."""
+        if self.role == "it-admin":
+            return True
+        if self.role == "team-admin":
+            return team == self.team
+        if self.role == "member":
+            return owner == self.name
+        return False
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UserError(f"role {role!r}: use one of {', '.join(ROLES)}")
+    return role
+
+
+def ensure_user(session: Session, name: str, team: str | None, role: str | None) -> ApiUser:
+    """The user, created when new (team and role required then); an existing user keeps theirs
+    unless a new team or role is given."""
+    check_label("user", name)
+    user = session.get(ApiUser, name)
+    if user is None:
+        if team is None or role is None:
+            raise UserError(f"user {name!r} is new: give its team and role")
+        user = ApiUser(name=name, team=check_label("team", team), role=check_role(role), created_at=store.now())
+        user.disabled = False
+        session.add(user)
+        session.flush()
+        return user
+    if team is not None:
+        user.team = check_label("team", team)
+    if role is not None:
+        user.role = check_role(role)
+    return user
+
+
+def create_token(session: Session, user: ApiUser, ttl: timedelta, label: str | None = None) -> tuple[ApiToken, str]:
+    """A new token for `user`; returns the row and the token, which is never stored or shown again."""
+    if ttl <= timedelta(0) or ttl > MAX_TOKEN_TTL:
+        raise UserError("token lifetime must be more than 0 and at most 365d")
+    if label is not None and len(label) > 64:
+        raise UserError("token label: at most 64 characters")
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    at = store.now()
+    row = ApiToken(
+        id="t-" + secrets.token_hex(5),
+        user_name=user.name,
+        token_hash=hash_token(secret),
+        label=label,
+        created_at=at,
+        expires_at=at + ttl,
+    )
+    session.add(row)
+    session.flush()
+    return row, secret
+
+
+def authenticate(session: Session, token: str, now: datetime) -> Caller | None:
+    """The caller a token belongs to, or None when it is unknown, revoked, expired or its user disabled."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    if row is None or row.revoked_at is not None or row.expires_at <= now:
+        return None
+    user = session.get(ApiUser, row.user_name)
+    if user is None or user.disabled:
+        return None
+    return Caller(name=user.name, team=user.team, role=user.role, token_id=row.id)
+
+
+def list_tokens(session: Session, user: str | None = None) -> list[ApiToken]:
+    query = select(ApiToken).order_by(ApiToken.created_at)
+    if user is not None:
+        query = query.where(ApiToken.user_name == user)
+    return list(session.scalars(query))
+
+
+def revoke_token(session: Session, token_id: str, now: datetime) -> ApiToken:
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFoundError(f"no token {token_id!r}")
+    if row.revoked_at is None:
+        row.revoked_at = now
+    return row
+
+
+def token_json(row: ApiToken, now: datetime) -> dict[str, object]:
+    state = "revoked" if row.revoked_at else ("expired" if row.expires_at <= now else "active")
+    return {
+        "id": row.id,
+        "user": row.user_name,
+        "label": row.label,
+        "created_at": row.created_at.isoformat().replace("+00:00", "Z"),
+        "expires_at": row.expires_at.isoformat().replace("+00:00", "Z"),
+        "revoked_at": row.revoked_at.isoformat().replace("+00:00", "Z") if row.revoked_at else None,
+        "state": state,
+    }

@@ -1,0 +1,51 @@
+"""The `server:` section of config.yaml: limits and token lifetimes of `deepops serve`.
+
+server:
+  rate_per_second: 20      # requests per second per caller (token, or address when anonymous)
+  burst: 60                # requests a caller may send at once before the rate applies
+  max_body_bytes: 65536    # larger request bodies are refused with 413
+  token_ttl: 90d           # default lifetime of a new API token
+  reaper_interval: 1m      # between the cycles of the reaper loop in the server process
+"""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from deepops_infra.config import Settings
+from deepops_infra.durations import parse_duration
+from deepops_infra.yamlfile import FileError
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    rate_per_second: float = 20.0
+    burst: int = 60
+    max_body_bytes: int = 64 * 1024
+    token_ttl: timedelta = timedelta(days=90)
+    reaper_interval: timedelta = timedelta(minutes=1)
+
+    @classmethod
+    def load(cls, settings: Settings) -> "ServerSettings":
+        config = settings.config
+        raw = config.section("server")
+        path = config.path
+        values: dict[str, object] = {}
+        for key, value in raw.items():
+            line = raw.line_of(key)
+            if key in ("rate_per_second",):
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                    raise FileError(path, line, f"server.{key} must be a number > 0")
+                values[key] = float(value)
+            elif key in ("burst", "max_body_bytes"):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise FileError(path, line, f"server.{key} must be a whole number >= 1")
+                values[key] = value
+            elif key in ("token_ttl", "reaper_interval"):
+                try:
+                    values[key] = parse_duration(str(value), f"server.{key}")
+                except Exception as exc:
+                    raise FileError(path, line, str(exc)) from None
+            else:
+                known = ", ".join(cls.__dataclass_fields__)
+                raise FileError(path, line, f"unknown server setting {key!r}; known: {known}")
+        return cls(**values)  # type: ignore[arg-type]
