@@ -80,3 +80,21 @@ def test_bad_input_is_one_line_and_creates_nothing(sqlite_deepops: Any, args: li
     listed = sqlite_deepops.run("ls", "--all", "--json", check=True)
     assert json.loads(listed.stdout) == []
     assert not (home / "pulumi").exists() and not (home / "keys").exists()
+
+
+def test_doctor_reports_the_pulumi_cli_and_aws_credentials(sqlite_deepops: Any, tmp_path: Any) -> None:
+    env = sqlite_deepops.env
+    env.update(PATH="/nonexistent", HOME=str(tmp_path), AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+    env.update(AWS_CONFIG_FILE="/nonexistent", AWS_EC2_METADATA_DISABLED="true")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        env.pop(key, None)
+    rows = json.loads(sqlite_deepops.run("doctor", "--json").stdout)
+    by = {(r["target"], r["check"]): r for r in rows}
+    assert not by[("clouds", "pulumi CLI")]["ok"] and "get.pulumi.com" in by[("clouds", "pulumi CLI")]["detail"]
+    assert not by[("aws", "credentials")]["ok"] and "no AWS credentials" in by[("aws", "credentials")]["detail"]
+    assert "pytorch: us-east-1, us-west-2" in by[("aws", "image pins")]["detail"]
+    env.update(AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY="secret")
+    rows = json.loads(sqlite_deepops.run("doctor", "--json").stdout)
+    creds = next(r for r in rows if (r["target"], r["check"]) == ("aws", "credentials"))
+    assert creds["ok"] and creds["detail"] == "found (env)"
+    assert "secret" not in json.dumps(rows)

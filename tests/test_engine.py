@@ -206,3 +206,55 @@ def test_real_engine_round_trip(tmp_path: Path) -> None:
     finally:
         engine.destroy(stack, print)
     assert not engine.backend.exists(stack)
+
+
+def test_engine_events_become_progress_lines() -> None:
+    from pulumi.automation import events as ev
+
+    from deepops_infra.engine.pulumi_backend import describe
+
+    urn = "urn:pulumi:m-1::deepops-aws::aws:ec2/instance:Instance::m-1"
+    pre = ev.EngineEvent(
+        1,
+        0,
+        resource_pre_event=ev.ResourcePreEvent(
+            ev.StepEventMetadata(ev.OpType.CREATE, urn, "aws:ec2/instance:Instance", "p")
+        ),
+    )
+    stack = ev.EngineEvent(
+        2,
+        0,
+        resource_pre_event=ev.ResourcePreEvent(
+            ev.StepEventMetadata(
+                ev.OpType.CREATE, "urn:pulumi:m-1::deepops-aws::pulumi:pulumi:Stack::x", "pulumi:pulumi:Stack", "p"
+            )
+        ),
+    )
+    failed = ev.EngineEvent(
+        3,
+        0,
+        res_op_failed_event=ev.ResOpFailedEvent(
+            ev.StepEventMetadata(ev.OpType.CREATE, urn, "aws:ec2/instance:Instance", "p"), 1, 1
+        ),
+    )
+    diag = ev.EngineEvent(
+        4, 0, diagnostic_event=ev.DiagnosticEvent("InsufficientInstanceCapacity:\n  no p5", "never", "error")
+    )
+    info = ev.EngineEvent(5, 0, diagnostic_event=ev.DiagnosticEvent("fine", "never", "info"))
+    assert [describe(e) for e in (pre, stack, failed, diag, info)] == [
+        "create aws:ec2/instance:Instance m-1",
+        None,
+        "failed aws:ec2/instance:Instance m-1",
+        "InsufficientInstanceCapacity: no p5",
+        None,
+    ]
+
+
+def test_the_program_is_run_from_a_private_copy(tmp_path: Path) -> None:
+    from deepops_infra.config import Settings
+    from deepops_infra.engine.pulumi_backend import PulumiBackend
+
+    work = PulumiBackend(Settings(home=tmp_path), "aws").work_dir
+    assert work == tmp_path / "pulumi" / "work" / "aws"
+    assert sorted(p.name for p in work.iterdir()) == ["Pulumi.yaml", "__main__.py"]
+    assert "name: deepops-aws" in (work / "Pulumi.yaml").read_text()
