@@ -209,7 +209,7 @@ def show(ref: str, json_out: bool) -> None:
         ("target", f"{data['cloud']} {data.get('host') or data.get('region') or ''}"),
         ("gpus", f"{data['request'].get('gpus')} indexes {data['plan'].get('gpu_indexes')}"),
         ("image", f"{data['image']} pinned {data['image_pin']}"),
-        ("price (frozen)", f"${data['price_per_hour']}/h {data['price']}"),
+        ("price (frozen)", f"${data.get('price_per_hour_stored', data['price_per_hour'])}/h {data['price']}"),
         ("cost so far", f"${data['cost_usd']}"),
         ("created / ready", f"{data['created_at']} / {data['ready_at']}"),
         ("expires / ended", f"{data['expires_at']} / {data['ended_at']}"),

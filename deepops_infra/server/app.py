@@ -283,6 +283,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
             "manifest": m.manifest,
             "validation": m.validation,
             "events": history,
+            "price_per_hour_stored": str(m.price_per_hour),  # as the ledger keeps it (`deepops show`)
         }
 
     @app.post(API + "/machines", tags=["machines"], status_code=202, summary="Request a machine")
