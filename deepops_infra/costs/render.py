@@ -3,9 +3,8 @@
 import csv
 import io
 import json
-from decimal import Decimal
 
-from deepops_infra.costs.report import Report, Row, row_json
+from deepops_infra.costs.report import Report, Row
 from deepops_infra.pricing import dollars
 
 COLUMNS = ["cost", "gpu_hours", "idle_gpu_hours", "idle_cost", "machines", "running", "burn_rate_per_hour"]
@@ -15,10 +14,6 @@ def to_json(report: Report) -> str:
     return json.dumps(report.to_json(), indent=2) + "\n"
 
 
-def _num(value: Decimal) -> str:
-    return format(value.normalize(), "f") if value else "0"
-
-
 def to_csv(report: Report) -> str:
     """One header row; numbers without units or thousands separators (USD, hours)."""
     forecast = report.forecast_to is not None
@@ -26,7 +21,7 @@ def to_csv(report: Report) -> str:
     writer = csv.writer(out, lineterminator="\n")
     header = [*report.by, *COLUMNS, *(["forecast"] if forecast else [])]
     writer.writerow(header)
-    for row in [*report.rows]:
+    for row in report.rows:
         writer.writerow(_csv_row(report, row, forecast))
     return out.getvalue()
 
@@ -82,6 +77,3 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     else:
         rows = [cells(report.total, [])]
     return columns, rows
-
-
-__all__ = ["row_json", "table_rows", "to_csv", "to_json"]
