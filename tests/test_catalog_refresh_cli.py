@@ -104,3 +104,16 @@ def test_images_verify_reports_pins_that_do_not_exist(
         ("pytorch", "us-west-2"),
     }
     assert all(not r["ok"] and "not found" in r["detail"] for r in rows)
+
+
+def test_images_verify_one_image(
+    sqlite_deepops: Any, moto_url: str, pricing_url: tuple[str, list[dict[str, Any]]]
+) -> None:
+    configure(sqlite_deepops, moto_url, pricing_url[0])
+    result = sqlite_deepops.run("images", "verify", "--cloud", "aws", "--image", "pytorch", "--json")
+    rows = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert sorted((r["region"], r["pin"]) for r in rows) == [
+        ("us-east-1", "ami-0f7c4a792e3fb63c8"),
+        ("us-west-2", "ami-0d2e6a7ac9b1f3c55"),
+    ]

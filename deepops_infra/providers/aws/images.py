@@ -109,3 +109,18 @@ def verify(client_for: Any, pins: dict[str, AmiPins] | None = None) -> list[PinC
                 found[img["ImageId"]] = img
         results += [check_image(region, image, ami, found.get(ami), now) for image, ami in wanted]
     return results
+
+
+def verify_cloud_pins(settings: Any, names: list[str]) -> list[PinCheck]:
+    """`deepops images verify --cloud aws` (the hook deepops_infra.images looks up): the pins of
+    these images, checked with describe_images through the configured endpoints."""
+    from deepops_infra.errors import UserError
+    from deepops_infra.providers.aws.clients import Clients
+    from deepops_infra.providers.aws.settings import aws_settings
+
+    clients = Clients(aws_settings(settings))
+    ok, detail = clients.has_credentials()
+    if not ok:
+        raise UserError(detail)
+    pins = {name: entry for name, entry in load_pins().items() if name in names}
+    return verify(clients.ec2, pins)
