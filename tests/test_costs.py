@@ -350,3 +350,37 @@ def test_cli_bad_input(sqlite_deepops: Any, args: list[str], message: str) -> No
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("deepops: error: ") and message in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_periods() -> None:
+    december = Period.month("2026-12")
+    assert (december.start, december.end) == (T("2026-12-01T00:00:00"), T("2027-01-01T00:00:00"))
+    assert Period.month("2024-02").end == T("2024-03-01T00:00:00")
+    assert Period.from_options(None, None, None, NOW) == Period.current_month(NOW)
+    since = Period.between("2026-10-31", None, NOW)
+    assert (since.start, since.end) == (T("2026-10-31T00:00:00"), NOW)
+    offset = Period.between("2026-10-31T02:00:00+02:00", "2026-11-01", NOW)
+    assert offset.start == T("2026-10-31T00:00:00")  # an offset is converted to UTC
+    days = Period.between("2026-10-30T12:00Z", "2026-11-01T06:00Z", NOW).days()
+    assert days == [
+        (T("2026-10-30T12:00:00"), T("2026-10-31T00:00:00")),
+        (T("2026-10-31T00:00:00"), T("2026-11-01T00:00:00")),
+        (T("2026-11-01T00:00:00"), T("2026-11-01T06:00:00")),
+    ]
+
+
+def test_forecast_stops_at_expiry_already_past(ledger_url: str) -> None:
+    ledger = Ledger(ledger_url)
+    with ledger.write() as s:  # still running 12 h after its expiry (the reaper has not run): no projection
+        add_machine(
+            s,
+            "m-late",
+            team="ml",
+            price="2",
+            gpus=1,
+            status="ready",
+            intervals=[("2026-11-20T00:00:00", None)],
+            expires="2026-11-20T00:00:00",
+        )
+    [row] = build(ledger, Period.month("2026-11"), ["team"], NOW).rows
+    assert (row.cost, row.forecast, row.running, row.burn_rate) == (Decimal(24), Decimal(24), 1, Decimal(2))
