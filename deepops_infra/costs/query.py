@@ -1,8 +1,8 @@
 """Cost aggregation in the database: the same SQLAlchemy Core statement on SQLite and PostgreSQL.
 
-Every amount is exact. Times become integer microseconds since the epoch (the only
-dialect-specific part), each usage interval is clipped to the period (and to each day for the
-time series), and its cost is computed in integer micro-dollars with the rounding of
+Every amount is exact. Times become integer microseconds since the epoch (written per
+database, with GREATEST/LEAST versus SQLite's MAX/MIN), each usage interval is clipped to the
+period (and to each day for the time series), and its cost is computed in integer micro-dollars with the rounding of
 `pricing.cost` (half-up to the micro-dollar, per interval piece):
 
     cost_micro = round_half_up(price_micro_per_hour * duration_us / 3_600_000_000)
