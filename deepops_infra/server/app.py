@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,6 +30,7 @@ from deepops_infra.yamlfile import FileError
 STATIC = Path(__file__).parent / "static"
 API = "/api/v1"
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
+AUTH_CACHE_SECONDS = 5.0
 Label = Annotated[str, Field(min_length=1, max_length=63)]
 
 
@@ -102,6 +103,28 @@ class Server:
         self.launches = ThreadPoolExecutor(max_workers=8, thread_name_prefix="deepops-launch")
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
         self.stop = threading.Event()
+        self._auth_cache: dict[str, tuple[float, Caller | None]] = {}
+
+    def authenticate(self, token: str) -> Caller | None:
+        """The token's caller, looked up at most every AUTH_CACHE_SECONDS per token (revoking
+        through this server clears the cache at once; expiry is checked on every request)."""
+        key = identity.hash_token(token)
+        now = time.monotonic()
+        hit = self._auth_cache.get(key)
+        if hit is not None and now - hit[0] < AUTH_CACHE_SECONDS:
+            who = hit[1]
+        else:
+            with self.ledger.read() as session:
+                who = identity.authenticate(session, token, store.now())
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[key] = (now, who)
+        if who is not None and who.expires_at <= store.now():
+            return None
+        return who
+
+    def forget_tokens(self) -> None:
+        self._auth_cache.clear()
 
     def lifecycle(self, cloud: str) -> Any:
         from deepops_infra.lifecycle import Lifecycle
@@ -211,9 +234,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
             raise Problem(
                 401, "send `Authorization: Bearer <token>` (see `deepops login`)", {"WWW-Authenticate": "Bearer"}
             )
-        at = store.now()
-        with server.ledger.read() as session:
-            who = identity.authenticate(session, token.strip(), at)
+        who = server.authenticate(token.strip())
         if who is None:
             raise Problem(401, "the token is unknown, expired or revoked", {"WWW-Authenticate": "Bearer"})
         request.state.caller = who
@@ -248,12 +269,14 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
 
     # -- machines --------------------------------------------------------------------------------
 
-    @app.get(API + "/machines", tags=["machines"], summary="List machines you may see")
+    @app.get(
+        API + "/machines", tags=["machines"], summary="List machines you may see", response_model=list[dict[str, Any]]
+    )
     def list_machines(
         who: Who,
         all: Annotated[bool, Query(description="Include machines that have ended")] = False,
         owner: Annotated[str | None, Query(max_length=63)] = None,
-    ) -> list[dict[str, Any]]:
+    ) -> Response:
         need(who, "member", "team-admin", "it-admin")
         at = datetime.now(UTC)
         query = select(Machine).order_by(Machine.created_at)
@@ -264,7 +287,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         with server.ledger.read() as session:
             machines = list(session.scalars(scope(query, who)))
             spent = store.costs(session, [m.id for m in machines], at)
-        return [machine_json(m, spent[m.id]) for m in machines]
+        return JSONResponse([machine_json(m, spent[m.id]) for m in machines])
 
     @app.get(API + "/machines/{ref}", tags=["machines"], summary="One machine with its manifest and events")
     def show_machine(who: Who, ref: str) -> dict[str, Any]:
@@ -526,7 +549,9 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
             if row is None or (row.user_name != who.name and who.role != "it-admin"):
                 raise Problem(404, f"no token {token_id!r} of yours")
             row = identity.revoke_token(session, token_id, store.now())
-            return identity.token_json(row, store.now())
+            out = identity.token_json(row, store.now())
+        server.forget_tokens()
+        return out
 
     @app.get(API + "/audit", tags=["identity"], summary="The audit log of mutating requests (it-admin)")
     def audit(who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ optionally OIDC bearer tokens checked against the configured JWKS."""
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +17,7 @@ from deepops_infra.request import check_label
 ROLES = ("member", "team-admin", "it-admin", "finance")
 TOKEN_PREFIX = "dpo_"
 MAX_TOKEN_TTL = timedelta(days=365)
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Caller:
     team: str
     role: str
     token_id: str | None = None
+    expires_at: datetime = NEVER
 
     def can_see(self, owner: str, team: str) -> bool:
         """Machines: a member sees their own, a team-admin the team's, an it-admin every one."""
@@ -98,7 +100,7 @@ def authenticate(session: Session, token: str, now: datetime) -> Caller | None:
     user = session.get(ApiUser, row.user_name)
     if user is None or user.disabled:
         return None
-    return Caller(name=user.name, team=user.team, role=user.role, token_id=row.id)
+    return Caller(name=user.name, team=user.team, role=user.role, token_id=row.id, expires_at=row.expires_at)
 
 
 def list_tokens(session: Session, user: str | None = None) -> list[ApiToken]:
