@@ -243,9 +243,8 @@ def main() -> int:
             f"max {r['max_ms']} ms  errors {r['errors']} {r['error_kinds'] or ''}"
         )
     t = result["time_to_ready_s"]
-    print(
-        f"  time to ready    {t['requests']:>6} machines  p50 {t['p50_ms']} ms  p99 {t['p99_ms']} ms  errors {t['errors']}"
-    )
+    print(f"  time to ready    {t['requests']:>6} machines  p50 {t['p50_ms']} ms  p99 {t['p99_ms']} ms", end="")
+    print(f"  errors {t['errors']} {t['error_kinds'] or ''}")
     return 0
 
 
