@@ -250,3 +250,42 @@ def test_missing_cli_or_credentials_writes_nothing(setup: Any, monkeypatch: pyte
         Lifecycle(settings, ledger, fresh, QuietProgress()).record(request(), image, fresh.plan(request(), image))
     with ledger.read() as session:
         assert list(session.scalars(select(Machine))) == []
+
+
+@pytest.mark.ansible
+def test_up_configures_over_ssh_with_the_machine_key_and_down_destroys(setup: Any, sshd: Any, tmp_path: Path) -> None:
+    """The whole way to ready: the stack (moto) hands out an address where a real sshd accepts the
+    machine's own public key (as cloud-init would install it), the configure play runs over SSH."""
+    import subprocess
+
+    settings, ledger, clients = setup
+    remote = tmp_path / "remote"
+    (settings.home / "config.yaml").write_text(
+        f"aws:\n  ssh_cidr: 127.0.0.1/32\n  ssh_user: {sshd.user}\n  workspace_root: {remote}\n"
+    )
+    settings = Settings(home=settings.home)
+    authorized = sshd.key.parent / "authorized_keys"
+
+    class Reachable(MotoBackend):
+        def up(self, stack: str, on_event: Any) -> dict[str, Any]:
+            outputs = super().up(stack, on_event)
+            with authorized.open("a") as fh:  # what cloud-init does with the key pair's public key
+                fh.write(self.stacks[stack]["config"]["publicKey"] + "\n")
+            return outputs | {"public_ip": "127.0.0.1", "ssh_port": sshd.port}
+
+    backend = Reachable(clients, set())
+    provider = AwsProvider(settings, ledger, engine=Engine(backend), clients=clients)
+    image = get_image("cpu-minimal")
+    req = request("T4:1", image="cpu-minimal")
+    life = Lifecycle(settings, ledger, provider, QuietProgress())
+    machine = life.launch(life.record(req, image, provider.plan(req, image)), image)
+    assert machine.status == states.READY
+    assert machine.manifest["packages"]["packaging"] == "24.2"
+    assert machine.manifest["workspace"] == f"{remote}/{machine.id}"
+    argv = provider.shell_command(machine, ["python", "-c", "import packaging, sys; print(packaging.__version__)"])
+    assert argv[:3] == ["ssh", "-p", str(sshd.port)] and str(settings.home / "keys") in argv[4]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert out.stdout.strip() == "24.2", out.stderr
+    ended = life.down(machine, "test done")
+    assert ended.machine.status == states.TERMINATED
+    assert backend.stacks == {} and not (settings.home / "keys" / f"{machine.id}.pem").exists()

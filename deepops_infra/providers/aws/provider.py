@@ -166,6 +166,7 @@ class AwsProvider(Provider):
             "public_ip": outputs.get("public_ip"),
             "private_ip": outputs.get("private_ip"),
             "availability_zone": outputs.get("availability_zone"),
+            "ssh_port": int(outputs.get("ssh_port") or 22),
             "ssh_cidr": config["sshCidr"],
             "key": str(access.key_path(self.settings.home, machine.id)),
         }
@@ -181,7 +182,8 @@ class AwsProvider(Provider):
             name=machine.id,
             connection="ssh",
             address=refs["public_ip"],
-            user=pins.ssh_user if pins else "ubuntu",
+            user=self.aws.ssh_user or (pins.ssh_user if pins else "ubuntu"),
+            port=int(refs.get("ssh_port") or 22),
             key=refs.get("key"),
             python=pins.python if pins else "/usr/bin/python3",
         )
@@ -200,15 +202,55 @@ class AwsProvider(Provider):
                 time.sleep(5)
 
     def workspace(self, machine: "Machine", user: str | None) -> str:
+        if self.aws.workspace_root:
+            return f"{self.aws.workspace_root.rstrip('/')}/{machine.id}"
         home = "/root" if user == "root" else f"/home/{user or 'ubuntu'}"
         return f"{home}/deepops/{machine.id}"
+
+    def _ssh(self, host: Any) -> list[str]:
+        """ssh with the machine's own key; its host key is trusted on first use and remembered."""
+        return [
+            "ssh",
+            "-p",
+            str(host.port),
+            "-i",
+            str(host.key),
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            f"UserKnownHostsFile={self.settings.home / 'known_hosts'}",
+            "-o",
+            "IdentitiesOnly=yes",
+        ]
+
+    def _prepare_workspace(self, machine: "Machine", host: Any, workspace: str) -> None:
+        """The machine is the lease: a private workspace and the env.sh `deepops ssh` sources."""
+        import shlex
+        import subprocess
+
+        env = (
+            f"export DEEPOPS_MACHINE={shlex.quote(machine.id)}\n"
+            f"export DEEPOPS_WORKSPACE={shlex.quote(workspace)}\n"
+            'if [ -d "$DEEPOPS_WORKSPACE/env/bin" ]; then\n'
+            '  export VIRTUAL_ENV="$DEEPOPS_WORKSPACE/env"\n  export PATH="$VIRTUAL_ENV/bin:$PATH"\nfi\n'
+            'cd "$DEEPOPS_WORKSPACE" || return 1\n'
+        )
+        script = (
+            f"umask 077 && mkdir -p {shlex.quote(workspace + '/.deepops')} && "
+            f"printf %s {shlex.quote(env)} > {shlex.quote(workspace + '/.deepops/env.sh')}"
+        )
+        argv = [*self._ssh(host), "-o", "BatchMode=yes", f"{host.user}@{host.address}", script]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+        if done.returncode != 0:
+            raise OperationError(f"preparing {workspace} on {host.address}: {' '.join(done.stderr.split())[:300]}")
 
     def configure(self, machine: "Machine", image: "Image", progress: Progress) -> dict[str, Any]:
         from deepops_infra.configure import configure_host
 
         host = self._host(machine)
         progress.detail(f"waiting for SSH on {host.address}")
-        self.wait_for_ssh(host.address)
+        self.wait_for_ssh(host.address, host.port)
+        self._prepare_workspace(machine, host, self.workspace(machine, host.user))
         manifest = configure_host(self.settings, machine.id, host, image, self.workspace(machine, host.user), progress)
         manifest["image_pin"] = machine.image_pin
         manifest["workspace"] = self.workspace(machine, host.user)
@@ -255,17 +297,7 @@ class AwsProvider(Provider):
         import shlex
 
         host = self._host(machine)
-        ssh = [
-            "ssh",
-            "-i",
-            str(host.key),
-            "-o",
-            "StrictHostKeyChecking=accept-new",
-            "-o",
-            f"UserKnownHostsFile={self.settings.home / 'known_hosts'}",
-            "-o",
-            "IdentitiesOnly=yes",
-        ]
+        ssh = self._ssh(host)
         if command is None:
             ssh.append("-t")
         workspace = self.workspace(machine, host.user)

@@ -10,6 +10,8 @@ aws:
   allow_any_ssh: false                 # required to accept 0.0.0.0/0 above
   ip_detect_url: https://checkip.amazonaws.com
   gp3_gb_month: 0.08                   # USD per GB-month of the root volume, priced into the machine
+  ssh_user: ubuntu                     # login on the machine (default: the AMI's, from images/aws.lock.yaml)
+  workspace_root: /opt/deepops         # where leases live on the machine (default: ~<ssh_user>/deepops)
 ```
 """
 
@@ -22,6 +24,8 @@ from deepops_infra.config import Settings
 from deepops_infra.yamlfile import FileError, Mapping
 
 KNOWN = (
+    "ssh_user",
+    "workspace_root",
     "regions",
     "profile",
     "endpoint_url",
@@ -44,6 +48,8 @@ class AwsSettings:
     allow_any_ssh: bool = False
     ip_detect_url: str = "https://checkip.amazonaws.com"
     gp3_gb_month: Decimal = Decimal("0.08")
+    ssh_user: str | None = None
+    workspace_root: str | None = None
 
     def endpoint(self, service: str) -> str | None:
         return self.endpoints.get(service) or self.endpoint_url
