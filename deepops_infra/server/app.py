@@ -104,6 +104,11 @@ class Server:
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
         self.stop = threading.Event()
         self._auth_cache: dict[str, tuple[float, Caller | None]] = {}
+        self.oidc = None
+        if self.config.oidc is not None:
+            from deepops_infra.server.oidc import OidcVerifier
+
+            self.oidc = OidcVerifier(self.config.oidc)
 
     def authenticate(self, token: str) -> Caller | None:
         """The token's caller, looked up at most every AUTH_CACHE_SECONDS per token (revoking
@@ -114,14 +119,37 @@ class Server:
         if hit is not None and now - hit[0] < AUTH_CACHE_SECONDS:
             who = hit[1]
         else:
-            with self.ledger.read() as session:
-                who = identity.authenticate(session, token, store.now())
+            if self.oidc is not None and not token.startswith(identity.TOKEN_PREFIX):
+                who = self._oidc_caller(token)
+            else:
+                with self.ledger.read() as session:
+                    who = identity.authenticate(session, token, store.now())
             if len(self._auth_cache) > 10_000:
                 self._auth_cache.clear()
             self._auth_cache[key] = (now, who)
         if who is not None and who.expires_at <= store.now():
             return None
         return who
+
+    def _oidc_caller(self, token: str) -> Caller | None:
+        """A caller from a valid JWT whose claims name a user, a team and a known role."""
+        assert self.oidc is not None
+        claims = self.oidc.claims(token)
+        if claims is None:
+            return None
+        cfg = self.oidc.settings
+        name, team, role = (claims.get(k) for k in (cfg.user_claim, cfg.team_claim, cfg.role_claim))
+        if not all(isinstance(v, str) for v in (name, team, role)) or role not in identity.ROLES:
+            return None
+        try:
+            from deepops_infra.request import check_label
+
+            check_label("user", str(name))
+            check_label("team", str(team))
+        except DeepopsError:
+            return None
+        expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
+        return Caller(name=str(name), team=str(team), role=str(role), expires_at=expires)
 
     def forget_tokens(self) -> None:
         self._auth_cache.clear()

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from deepops_infra.config import Settings
 from deepops_infra.durations import parse_duration
+from deepops_infra.server.oidc import OidcSettings
 from deepops_infra.yamlfile import FileError
 
 
@@ -23,6 +24,7 @@ class ServerSettings:
     max_body_bytes: int = 64 * 1024
     token_ttl: timedelta = timedelta(days=90)
     reaper_interval: timedelta = timedelta(minutes=1)
+    oidc: OidcSettings | None = None
 
     @classmethod
     def load(cls, settings: Settings) -> "ServerSettings":
@@ -40,6 +42,8 @@ class ServerSettings:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise FileError(path, line, f"server.{key} must be a whole number >= 1")
                 values[key] = value
+            elif key == "oidc":
+                values[key] = OidcSettings.parse(value, path, line)
             elif key in ("token_ttl", "reaper_interval"):
                 try:
                     values[key] = parse_duration(str(value), f"server.{key}")
