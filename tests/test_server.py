@@ -20,12 +20,11 @@ TABLES = ("machines", "events", "usage_intervals", "gpu_leases", "api_users", "a
 
 def snapshot(s: Served) -> dict[str, Any]:
     """Everything a refused request must leave as it was (the audit log is meant to grow)."""
-    ledger = s.ledger()
+    ledger = s.db()
     with ledger.read() as session:
         counts = {t: session.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in TABLES}
         machines = session.execute(text("SELECT id, status, expires_at, ended_at FROM machines ORDER BY id")).all()
         tokens = session.execute(text("SELECT id, revoked_at FROM api_tokens ORDER BY id")).all()
-    ledger.close()
     return {"counts": counts, "machines": machines, "tokens": tokens, "pool": (s.home / "pool.yaml").read_text()}
 
 

@@ -35,6 +35,7 @@ class Served:
     env: dict[str, str]
     tokens: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    _db: Any = None
 
     def client(self, user: str | None = None, token: str | None = None) -> httpx.Client:
         token = token or (self.tokens[user] if user else None)
@@ -45,6 +46,12 @@ class Served:
         from deepops_infra.ledger.db import Ledger
 
         return Ledger(self.ledger_url)
+
+    def db(self) -> Any:
+        """One ledger kept open for the test's many reads (closed when the server stops)."""
+        if self._db is None:
+            self._db = self.ledger()
+        return self._db
 
     def log(self) -> str:
         return (self.home / "serve.log").read_text() if (self.home / "serve.log").exists() else ""
@@ -129,6 +136,8 @@ def start_server(tmp_path: Path, ledger_url: str, config: str = "", reaper: bool
 
 
 def stop_server(served: Served) -> None:
+    if served._db is not None:
+        served._db.close()
     if served.proc is not None and served.proc.poll() is None:
         served.proc.terminate()
         try:
