@@ -300,3 +300,13 @@ def test_cloudwatch_sink_publishes_to_the_metric_service(machine, monkeypatch):
         assert all(m["Dimensions"] == [{"Name": "MachineId", "Value": machine.mid}] for m in metrics)
     finally:
         server.stop()
+
+
+def test_the_agent_file_is_stdlib_only_and_parses_as_python_3_8():
+    """It runs with whatever Python the host has: no deepops_infra imports, no newer grammar."""
+    import ast
+
+    tree = ast.parse(AGENT.read_text(), feature_version=(3, 8))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported - {"boto3"} <= set(sys.stdlib_module_names)  # boto3: only for the CloudWatch sink

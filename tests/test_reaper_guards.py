@@ -227,3 +227,19 @@ def test_two_reapers_started_together_act_on_each_machine_once(tmp_path, ledger_
         for mid in ids:
             assert len([e for e in store.events(session, mid) if e.kind == "reaper"]) == 1
             assert session.get(Machine, mid).ended_at is not None
+
+
+def test_a_failed_machine_kept_for_debugging_waits_for_its_ttl(tmp_path, ledger_url):
+    settings = settings_for(tmp_path)
+    ledger = Ledger(ledger_url)
+    fake = FakeProvider()
+    tags = ours(ledger)
+    young = add_machine(ledger, status=states.FAILED, age=timedelta(minutes=5), ttl=timedelta(hours=1))
+    old = add_machine(ledger, status=states.FAILED, age=timedelta(hours=2), ttl=timedelta(hours=1))
+    for mid in (young, old):
+        fake.add(mid, tags)
+        with ledger.write() as session:
+            store.add_event(session, store.find_machine(session, mid), "kept", "kept for debugging")
+    report = Reaper(settings, ledger, {"fake": fake}).run()
+    assert by_machine(report) == {old: ["teardown"]} and report.actions[0].detail.startswith("kept for debugging")
+    assert fake.destroyed == [old]

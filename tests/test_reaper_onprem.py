@@ -13,6 +13,7 @@ import termios
 import threading
 import time
 import urllib.request
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -175,7 +176,9 @@ def test_busy_survives_idle_is_warned_then_reaped_and_ttl_holds_while_busy(sqlit
     kept = machine(deepops, busy["id"])
     assert kept.status == "ready" and kept.ended_at is None
     status = json.loads((deepops.home / "workspaces" / busy["id"] / ".deepops/agent/status.json").read_text())
-    assert status["signals"]["cpu"]["state"] == "active" and status["signals"]["sessions"]["count"] >= 1
+    cpu_seen = datetime.fromisoformat(status["signals"]["cpu"]["last_active_at"].replace("Z", "+00:00"))
+    at = datetime.fromisoformat(status["at"].replace("Z", "+00:00"))
+    assert (at - cpu_seen).total_seconds() < 20 and status["signals"]["sessions"]["count"] >= 1
     assert status["checkin_at"] is not None and status["idle"] is False
 
     # the owner was told, with a Slack-compatible body, once per warning

@@ -647,10 +647,9 @@ def daemonize(config: dict[str, Any], config_path: str) -> int:
         print(json.dumps({"started": False, "pid": pid}))
         return 0
     logfile = os.path.join(config["state_dir"], "agent.log")
-    with (
-        open(os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out,
-        open(os.devnull, "rb") as devnull,
-    ):
+    # (one `with` per file: parenthesized context managers need Python 3.9; hosts may have 3.8)
+    out = open(os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")  # noqa: SIM115
+    with out, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--config", config_path, "run"],
             stdin=devnull,

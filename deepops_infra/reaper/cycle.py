@@ -213,14 +213,18 @@ class Reaper:
             ids = [m.id for m in machines]
             progress: dict[str, datetime] = {}
             extends: dict[str, datetime] = {}
+            kept: set[str] = set()
             samples: dict[str, list[tuple[datetime, float, bool | None]]] = defaultdict(list)
             if ids:
                 for mid, kind, at in session.execute(
                     select(Event.machine_id, Event.kind, func.max(Event.at))
-                    .where(Event.machine_id.in_(ids), Event.kind.in_(("transition", "extend")))
+                    .where(Event.machine_id.in_(ids), Event.kind.in_(("transition", "extend", "kept")))
                     .group_by(Event.machine_id, Event.kind)
                 ):
-                    (progress if kind == "transition" else extends)[mid] = at
+                    if kind == "kept":
+                        kept.add(mid)
+                    else:
+                        (progress if kind == "transition" else extends)[mid] = at
                 longest = max((int(m.request.get("idle_timeout") or 0) for m in machines), default=0)
                 since = now - timedelta(seconds=longest) - 2 * self.rs.max_sample_gap
                 for mid, at, interval, active in session.execute(
@@ -235,14 +239,14 @@ class Reaper:
         return {
             m.id: _Live(
                 machine=m,
-                facts=self._facts(m, progress.get(m.id), extends.get(m.id)),
+                facts=self._facts(m, progress.get(m.id), extends.get(m.id), m.id in kept),
                 samples=samples.get(m.id, []),
             )
             for m in machines
         }
 
     @staticmethod
-    def _facts(m: Machine, progress: datetime | None, extended: datetime | None) -> MachineFacts:
+    def _facts(m: Machine, progress: datetime | None, extended: datetime | None, kept: bool = False) -> MachineFacts:
         return MachineFacts(
             id=m.id,
             status=m.status,
@@ -252,6 +256,7 @@ class Reaper:
             idle_timeout=timedelta(seconds=int(m.request.get("idle_timeout") or 3600)),
             last_progress_at=progress or m.created_at,
             last_extend_at=extended,
+            kept=kept,
         )
 
     def _classify(
@@ -481,11 +486,12 @@ class Reaper:
             extended = session.scalar(
                 select(func.max(Event.at)).where(Event.machine_id == row.id, Event.kind == "extend")
             )
+            kept = session.scalar(select(Event.id).where(Event.machine_id == row.id, Event.kind == "kept")) is not None
         if row.ended_at is not None:
             return row, f"already ended ({row.status})"
         if action.kind == "close-ghost":
             return row, None if row.status in GHOST_STATES else f"now {row.status}"
-        fresh = _Live(row, self._facts(row, progress, extended), item.utilization, item.samples)
+        fresh = _Live(row, self._facts(row, progress, extended, kept), item.utilization, item.samples)
         now = store.now()
         policy = self.settings.config.policy_for(row.team)
         due = evaluate(fresh.facts, fresh.utilization, fresh.samples, now, policy, self.rs)

@@ -45,6 +45,7 @@ class MachineFacts:
     idle_timeout: timedelta
     last_progress_at: datetime  # the last transition (or event) written by whoever is working on it
     last_extend_at: datetime | None = None
+    kept: bool = False  # failed and kept for debugging (--keep-on-failure): the TTL still holds
 
 
 def idle_since(samples: Iterable[tuple[datetime, float, bool | None]], now: datetime, max_gap: timedelta) -> datetime:
@@ -95,7 +96,10 @@ def evaluate(
 ) -> Due | None:
     stalled = now - facts.last_progress_at
     if facts.status == states.FAILED:
-        return Due("setup-failed", "failed and still holding resources", facts.last_progress_at, warn=False)
+        if facts.kept and now < facts.expires_at:
+            return None
+        detail = "kept for debugging and past its TTL" if facts.kept else "failed and still holding resources"
+        return Due("setup-failed", detail, facts.last_progress_at, warn=False)
     if facts.status in SETUP_STATES:
         if stalled >= rs.setup_timeout:
             return Due(

@@ -43,7 +43,8 @@ class OnpremProvider(Provider):
         self.ledger = ledger
         self._pool: Pool | None = None
         self._capacity: dict[str, HostCapacity] = {}
-        self._scanned: dict[str, set[str]] = {}  # host -> lease workspaces found by discover()
+        # host -> (the root listed, the lease workspaces found there) by the last discover()
+        self._scanned: dict[str, tuple[str, set[str]]] = {}
 
     @property
     def pool(self) -> Pool:
@@ -177,11 +178,11 @@ class OnpremProvider(Provider):
             "onprem-lease",
             machine,
             {
-                "lease_machine_id": machine.id,
-                "lease_workspace_root": self.workspace_root(host),
-                "lease_gpu_indexes": indexes,
-                "lease_gpus_declared": host.declared_gpus is not None,
-                "lease_disk_gb": machine.request.get("disk_gb") or 0,
+                "onprem_lease_machine_id": machine.id,
+                "onprem_lease_workspace_root": self.workspace_root(host),
+                "onprem_lease_gpu_indexes": indexes,
+                "onprem_lease_gpus_declared": host.declared_gpus is not None,
+                "onprem_lease_disk_gb": machine.request.get("disk_gb") or 0,
             },
             progress,
         )
@@ -265,7 +266,7 @@ class OnpremProvider(Provider):
         if workspace.startswith("~"):
             workspace = ""  # never resolved on the host: nothing was created there
         result = self._play(
-            "release", machine, {"release_machine_id": machine.id, "release_workspace": workspace}, progress
+            "release", machine, {"onprem_release_machine_id": machine.id, "onprem_release_workspace": workspace}, progress
         )
         if result.ok:
             return
@@ -332,7 +333,7 @@ class OnpremProvider(Provider):
         workspace = (machine.provider_refs or {}).get("workspace")
         return f"{workspace}/.deepops/agent" if workspace else None
 
-    def _scan(self, host: PoolHost, root: str) -> list[dict[str, Any]]:
+    def _scan(self, host: PoolHost, root: str) -> dict[str, Any]:
         from deepops_infra.providers.onprem import workspaces
 
         if host.connection == "local":
@@ -356,10 +357,11 @@ class OnpremProvider(Provider):
         for host in self.pool.hosts:
             root = self.workspace_root(host)
             try:
-                found = self._scan(host, root)
+                listing = self._scan(host, root)
             except (OperationError, ValueError):
                 continue
-            self._scanned[host.name] = {f["name"] for f in found}
+            found = listing["leases"]
+            self._scanned[host.name] = (listing["root"].rstrip("/"), {f["name"] for f in found})
             ours = host.connection == "local" and Path(root).resolve().is_relative_to(home)
             for lease in found:
                 tags = {"deepops-managed": "true", "deepops-machine": lease["name"]}
@@ -380,9 +382,14 @@ class OnpremProvider(Provider):
         return resources
 
     def confirm_gone(self, machine: Machine) -> datetime | None:
-        """Gone when the last discover() listed the machine's host and its workspace was not there."""
-        names = self._scanned.get(machine.host or "")
-        if names is None or machine.id in names:
+        """Gone when the last discover() listed the root of the machine's recorded workspace on its
+        host and the workspace was not there (a root moved in the pool file proves nothing)."""
+        scanned = self._scanned.get(machine.host or "")
+        workspace = (machine.provider_refs or {}).get("workspace")
+        if scanned is None or not workspace:
+            return None
+        root, names = scanned
+        if machine.id in names or os.path.dirname(workspace.rstrip("/")) != root:
             return None
         return datetime.now(UTC)
 
@@ -394,7 +401,7 @@ class OnpremProvider(Provider):
             self.settings,
             "release",
             [host],
-            {"release_machine_id": name, "release_workspace": resource.resource_id},
+            {"onprem_release_machine_id": name, "onprem_release_workspace": resource.resource_id},
             ident=f"{name}-orphan-{datetime.now(UTC):%H%M%S%f}",
         )
         if not result.ok:

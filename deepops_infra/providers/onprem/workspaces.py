@@ -15,11 +15,12 @@ def _read(path):  # type: ignore[no-untyped-def]
 
 
 def scan(root):  # type: ignore[no-untyped-def]
-    """Every lease workspace (`m-*`) under root: its agent's installation ID, protect marker, end."""
+    """The root as the host resolves it, and every lease workspace (`m-*`) under it: its agent's
+    installation ID, protect marker, and whether its agent ended it."""
     root = os.path.expanduser(root)
     found = []
     if not os.path.isdir(root):
-        return found
+        return {"root": root, "leases": found}
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
         if not name.startswith("m-") or not os.path.isdir(path):
@@ -36,7 +37,7 @@ def scan(root):  # type: ignore[no-untyped-def]
                 "mtime": os.stat(path).st_mtime,
             }
         )
-    return found
+    return {"root": root, "leases": found}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,256 @@
+"""Reaper benchmarks. A report, not a test: it prints figures and always exits 0.
+
+    .venv/bin/python tests/benchmarks/bench_reaper.py [--instances 10000] [--managed 200] [--skip-lease]
+
+1. A dry-run reaper cycle over N instances in a moto server (its own process, so the CPU time
+   is the reaper's) across two regions, through the real AWS provider: wall time, CPU time and
+   API calls by operation. Discovery is paginated (100 per page) and filtered server-side, so
+   DescribeInstances calls grow with pages, not instances; `--managed` of them have live ledger
+   rows, whose utilization the provider reads from CloudWatch (calls per machine), the rest are
+   orphans (planned break-glass terminations, most refused by the cap).
+2. Teardown start after the last activity on an idle localhost lease with the agent, against the
+   goal idle timeout + 30 s, with `deepops reap --daemon` as a team would run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench_aws_dry_run(instances: int, managed: int, regions: tuple[str, ...]) -> dict[str, Any]:
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+    os.environ.pop("AWS_PROFILE", None)
+    port = free_port()
+    server = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    home = Path(tempfile.mkdtemp(prefix="bench-reaper-"))
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+        from deepops_infra import states
+        from deepops_infra.config import Settings
+        from deepops_infra.ledger import store
+        from deepops_infra.ledger.db import Ledger
+        from deepops_infra.ledger.schema import Machine
+        from deepops_infra.providers.aws.clients import Clients
+        from deepops_infra.providers.aws.provider import AwsProvider
+        from deepops_infra.providers.aws.settings import AwsSettings
+        from deepops_infra.reaper.cycle import Reaper
+
+        (home / "config.yaml").write_text(f"aws:\n  regions: [{', '.join(regions)}]\n  endpoint_url: {endpoint}\n")
+        settings = Settings(home=home)
+        ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+        with ledger.write() as session:
+            inst = store.installation_id(session)
+        clients = Clients(AwsSettings(endpoint_url=endpoint, regions=regions))
+        t0 = time.monotonic()
+        per_region = instances // len(regions)
+        machine_rows: list[tuple[str, str, str]] = []
+        for region in regions:
+            ec2 = clients.ec2(region)
+            ami = ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
+            for _ in range(per_region):
+                # one instance per reservation, tags at launch: how deepops launches (one stack each)
+                mid = store.new_machine_id()
+                tags = {"deepops-managed": "true", "deepops-installation": inst, "deepops-machine": mid}
+                answer = ec2.run_instances(
+                    ImageId=ami,
+                    InstanceType="g5.xlarge",
+                    MinCount=1,
+                    MaxCount=1,
+                    TagSpecifications=[
+                        {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+                    ],
+                )
+                if len(machine_rows) < managed:
+                    machine_rows.append((mid, region, answer["Instances"][0]["InstanceId"]))
+        seeded = time.monotonic() - t0
+        now = datetime.now(UTC)
+        from decimal import Decimal
+
+        with ledger.write() as session:
+            for mid, region, iid in machine_rows:
+                session.add(
+                    Machine(
+                        id=mid,
+                        status=states.READY,
+                        cloud="aws",
+                        region=region,
+                        owner="bench",
+                        team="bench",
+                        project="bench",
+                        image="pytorch",
+                        gpu_count=1,
+                        request={"ttl": 28800, "idle_timeout": 3600},
+                        plan={},
+                        provider_refs={"created": True, "instance_id": iid},
+                        price_per_hour=Decimal("1.006"),
+                        price_breakdown={},
+                        created_at=now - timedelta(hours=1),
+                        ready_at=now - timedelta(hours=1),
+                        expires_at=now + timedelta(hours=7),
+                    )
+                )
+        calls: Counter[str] = Counter()
+        # moto filters every page over all instances in Python: give it the time real EC2 does not need
+        # (the provider's own clients time out after 60 s and retry).
+        import boto3
+        from botocore.config import Config
+
+        slow = Config(read_timeout=900, retries={"mode": "standard", "max_attempts": 1})
+        for region in regions:
+            for service in ("ec2", "cloudwatch"):
+                clients._cache[(service, region)] = boto3.client(
+                    service, region_name=region, endpoint_url=endpoint, config=slow
+                )
+        provider = AwsProvider(settings, ledger, clients=clients)
+        for region in regions:
+            for client in (clients.ec2(region), clients.cloudwatch(region)):
+                client.meta.events.register(
+                    "before-call.*.*",
+                    lambda model, **_: calls.update([model.service_model.service_name + ":" + model.name]),
+                )
+        reaper = Reaper(settings, ledger, {"aws": provider})
+        wall0, cpu0 = time.monotonic(), cpu_seconds()
+        report = reaper.run(dry_run=True)
+        wall, cpu = time.monotonic() - wall0, cpu_seconds() - cpu0
+        kinds = Counter((a.kind, a.outcome) for a in report.actions)
+        return {
+            "instances": instances,
+            "regions": list(regions),
+            "ledger_machines": len(machine_rows),
+            "seed_seconds": round(seeded, 1),
+            "cycle_wall_seconds": round(wall, 2),
+            "cycle_cpu_seconds": round(cpu, 2),
+            "api_calls": dict(sorted(calls.items())),
+            "describe_instances_pages_expected": sum(-(-per_region // 100) for _ in regions),
+            "resources_seen": dict(report.resources),
+            "actions": {f"{k}/{o}": n for (k, o), n in sorted(kinds.items())},
+            "capped": report.capped,
+            "errors": report.errors[:5],
+        }
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def bench_idle_lease(idle_s: int, interval_s: int, grace_s: int) -> dict[str, Any]:
+    """A real localhost lease: 3 s of CPU, then nothing. When are the warning and the teardown?"""
+    from deepops_infra.ledger import store
+    from deepops_infra.ledger.db import Ledger
+
+    home = Path(tempfile.mkdtemp(prefix="bench-idle-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
+    env.update(DEEPOPS_HOME=str(home), PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    (home / "config.yaml").write_text(f"agent:\n  interval: 1s\n  checkin_timeout: 1h\nreaper:\n  grace: {grace_s}s\n")
+    deepops = [str(VENV_BIN / "python"), "-m", "deepops_infra"]
+    reaper = None
+    mid = None
+    try:
+        up = subprocess.run(
+            [*deepops, "up", "--gpus", "0", "--ttl", "1h", "--idle-timeout", f"{idle_s}s", "--yes", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        mid = json.loads(up.stdout)["id"]
+        reaper = subprocess.Popen(
+            [*deepops, "reap", "--daemon", "--interval", f"{interval_s}s", "--metrics-port", "0"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        burn = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+        subprocess.run([*deepops, "ssh", mid, "--", "python", "-c", burn], env=env, check=True)
+        last_activity = datetime.now(UTC)  # the CPU burst just ended
+        ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
+        deadline = time.monotonic() + idle_s + grace_s + 4 * interval_s + 120
+        warning = teardown = None
+        while time.monotonic() < deadline and teardown is None:
+            time.sleep(0.2)
+            with ledger.read() as session:
+                events = store.events(session, mid)
+            warning = next((e.at for e in events if e.kind == "reaper-warning"), None)
+            teardown = next((e.at for e in events if e.kind == "reaper"), None)
+        goal = idle_s + 30
+        after = (teardown - last_activity).total_seconds() if teardown else None
+        return {
+            "idle_timeout_s": idle_s,
+            "reaper_interval_s": interval_s,
+            "warning_grace_s": grace_s,
+            "warning_after_last_activity_s": round((warning - last_activity).total_seconds(), 1) if warning else None,
+            "teardown_start_after_last_activity_s": round(after, 1) if after is not None else None,
+            "goal_s": goal,
+            "goal_met": after is not None and after <= goal,
+            "note": "teardown = idle timeout + up to one cycle to notice + grace + up to one cycle to act",
+        }
+    finally:
+        if reaper is not None:
+            reaper.send_signal(signal.SIGTERM)
+            reaper.wait(timeout=120)
+        if mid is not None:
+            subprocess.run([*deepops, "down", mid, "--yes"], env=env, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instances", type=int, default=10000)
+    parser.add_argument("--managed", type=int, default=200)
+    parser.add_argument("--idle", type=int, default=20)
+    parser.add_argument("--interval", type=int, default=10)
+    parser.add_argument("--grace", type=int, default=1, help="warning grace in seconds (at least 1)")
+    parser.add_argument("--skip-aws", action="store_true")
+    parser.add_argument("--skip-lease", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_aws:
+        figures = bench_aws_dry_run(args.instances, args.managed, ("us-east-1", "us-west-2"))
+        print(json.dumps({"aws_dry_run_cycle": figures}, indent=2))
+    if not args.skip_lease:
+        print(json.dumps({"idle_lease": bench_idle_lease(args.idle, args.interval, args.grace)}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
