@@ -114,22 +114,24 @@ class Deepops:
 
 
 @pytest.fixture
-def deepops(tmp_path: Path, ledger_url: str) -> Deepops:
+def deepops(tmp_path: Path, ledger_url: str) -> Iterator[Deepops]:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
     env.update(DEEPOPS_HOME=str(home), DEEPOPS_LEDGER_URL=ledger_url, USER=env.get("USER", "tester"))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return Deepops(home=home, env=env)
+    yield Deepops(home=home, env=env)
+    end_processes_under(home)
 
 
 @pytest.fixture
-def sqlite_deepops(tmp_path: Path) -> Deepops:
+def sqlite_deepops(tmp_path: Path) -> Iterator[Deepops]:
     """The CLI with the embedded default ledger only (for tests where the backend is not the point)."""
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
     env.update(DEEPOPS_HOME=str(home))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return Deepops(home=home, env=env)
+    yield Deepops(home=home, env=env)
+    end_processes_under(home)
 
 
 def declared_pool(gpus: int, model: str = "A100-80GB") -> str:
@@ -139,6 +141,31 @@ def declared_pool(gpus: int, model: str = "A100-80GB") -> str:
         "hosts:\n  - name: localhost\n    connection: local\n"
         f"    rates: {{gpu_hour: 2, host_hour: 0.1}}\n    gpus:\n{lines}"
     )
+
+
+def end_processes_under(home: Path) -> list[int]:
+    """Kill what a test left running in its leases (agents, workloads): any process whose command
+    line or DEEPOPS_WORKSPACE points into the test's DEEPOPS_HOME. A failed test must not leave
+    a CPU burner behind for the rest of the suite."""
+    import signal
+
+    marker = str(home).encode()
+    ended = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline or b"DEEPOPS_WORKSPACE=" + marker in environ:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                ended.append(int(entry))
+            except OSError:
+                pass
+    return ended
 
 
 def free_port() -> int:
