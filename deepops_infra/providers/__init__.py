@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 PROVIDERS: dict[str, str] = {
     "onprem": "deepops_infra.providers.onprem.provider:OnpremProvider",
     "aws": "deepops_infra.providers.aws.provider:AwsProvider",
+    "gcp": "deepops_infra.providers.gcp.provider:GcpProvider",
+    "azure": "deepops_infra.providers.azure.provider:AzureProvider",
 }
 
 

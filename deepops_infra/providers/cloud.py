@@ -47,6 +47,16 @@ def offer_price(candidate: "Candidate", spot: bool, disk_gb: int, gb_month: Deci
     )
 
 
+BACKSTOP_GRACE_S = 3600
+
+
+def backstop_seconds(settings: Settings, machine: "Machine") -> int:
+    """How long the cloud's own TTL backstop lets a machine run: the longest lifetime its team may
+    reach (extensions stay within max_ttl) plus an hour, so the reaper always acts first."""
+    policy = settings.config.policy_for(machine.team)
+    return int(policy.max_ttl.total_seconds()) + BACKSTOP_GRACE_S
+
+
 @dataclass(frozen=True)
 class Login:
     """How to log in to a machine of one image: the user and the Python Ansible uses."""

@@ -266,7 +266,10 @@ class OnpremProvider(Provider):
         if workspace.startswith("~"):
             workspace = ""  # never resolved on the host: nothing was created there
         result = self._play(
-            "release", machine, {"onprem_release_machine_id": machine.id, "onprem_release_workspace": workspace}, progress
+            "release",
+            machine,
+            {"onprem_release_machine_id": machine.id, "onprem_release_workspace": workspace},
+            progress,
         )
         if result.ok:
             return

@@ -1,0 +1,74 @@
+"""The Azure provider: a machine is a Pulumi stack (stacks/azure) of its own resource group; what
+the clouds share is in providers/cloud.py, the read path in readpath.py."""
+
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from deepops_infra.providers.azure import images, readpath
+from deepops_infra.providers.azure.clients import Clients
+from deepops_infra.providers.azure.settings import AzureSettings, azure_settings
+from deepops_infra.providers.base import Resource, Utilization
+from deepops_infra.providers.cloud import BACKSTOP_GRACE_S, Login, PulumiCloudProvider
+from deepops_infra.providers.cloudimages import summary
+
+if TYPE_CHECKING:
+    from deepops_infra.ledger.schema import Machine
+
+
+def shutdown_time(machine: "Machine") -> str:
+    """Azure's auto-shutdown is a daily time (HHMM, UTC): the lease's end plus the grace hour."""
+    at = machine.expires_at + timedelta(seconds=BACKSTOP_GRACE_S)
+    return at.strftime("%H%M")
+
+
+class AzureProvider(PulumiCloudProvider):
+    cloud = "azure"
+
+    @cached_property
+    def conf(self) -> AzureSettings:
+        return azure_settings(self.settings)
+
+    @property
+    def clients(self) -> Clients:
+        if self._clients is None:
+            self._clients = Clients(self.conf)
+        return self._clients
+
+    def pin_for(self, image: str, region: str) -> str | None:
+        return images.pin_for(image, region)
+
+    def login_for(self, image: str) -> Login:
+        pins = images.load_pins().get(image)
+        return Login(pins.ssh_user, pins.python) if pins else Login("azureuser")
+
+    def has_credentials(self) -> tuple[bool, str]:
+        return self.clients.has_credentials()
+
+    def cloud_config(self, machine: "Machine") -> dict[str, Any]:
+        login = self.login_for(machine.image)
+        return {
+            "azure-native:location": machine.region,
+            "azure-native:subscriptionId": self.conf.require_subscription(),
+            "location": machine.region,
+            "imageReference": images.image_reference(machine.image_pin or ""),
+            "adminUser": self.conf.ssh_user or login.ssh_user,
+            "shutdownTime": shutdown_time(machine),
+        }
+
+    def refs_from(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        return {"vm_id": outputs.get("vm_id"), "resource_group": outputs.get("resource_group")}
+
+    def discover(self) -> list[Resource]:
+        return readpath.discover(self.clients, self._installation_id(), self.regions())
+
+    def utilization(self, machine: "Machine") -> Utilization | None:
+        vm_id = (machine.provider_refs or {}).get("vm_id")
+        return readpath.utilization(self.clients, str(vm_id)) if vm_id else None
+
+    def terminate_resource(self, resource: Resource) -> None:
+        """Break-glass: the VM's resource group goes (the VM must carry this installation's tags)."""
+        readpath.delete(self.clients, resource.resource_id, self._installation_id())
+
+    def pin_summary(self) -> tuple[bool, str]:
+        return summary(images.load_pins(), images.LOCK_NAME)

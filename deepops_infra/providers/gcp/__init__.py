@@ -1,0 +1,1 @@
+"""GCP: machines as Pulumi stacks (stacks/gcp), read path with google-cloud-compute and Cloud Monitoring."""
