@@ -1,4 +1,4 @@
-"""google-cloud-compute and Cloud Monitoring clients over REST, through the configured endpoints.
+"""google-cloud-compute clients and Cloud Monitoring REST calls, through the configured endpoints.
 
 Credentials come from Application Default Credentials unless given (tests pass AnonymousCredentials).
 """
@@ -43,10 +43,20 @@ class Clients:
 
         return self._make("images", compute_v1.ImagesClient, "compute")
 
-    def metrics(self) -> Any:
-        from google.cloud import monitoring_v3
+    def get_json(self, service: str, default: str, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """A plain authorized REST GET (Cloud Monitoring's Python client has no REST transport)."""
+        if "session" not in self._cache:
+            import google.auth
+            from google.auth.transport.requests import AuthorizedSession
 
-        return self._make("metrics", monitoring_v3.MetricServiceClient, "monitoring")
+            credentials = self.credentials
+            if credentials is None:
+                credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+            self._cache["session"] = AuthorizedSession(credentials)
+        base = (self.gcp.endpoint(service) or default).rstrip("/")
+        answer = self._cache["session"].get(f"{base}{path}", params=params, timeout=30)
+        answer.raise_for_status()
+        return dict(answer.json())
 
     def has_credentials(self) -> tuple[bool, str]:
         if self.credentials is not None:

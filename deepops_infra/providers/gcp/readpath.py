@@ -15,6 +15,7 @@ LIVE_STATES = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING", "STOPPED", "SUS
 GPU_METRIC = "agent.googleapis.com/gpu/utilization"
 WINDOW = timedelta(minutes=15)
 PAGE_SIZE = 500
+MONITORING = "https://monitoring.googleapis.com"
 OPERATION_WAIT_S = 600
 
 MANAGED = tags.gcp_label_value(tags.MANAGED)
@@ -42,7 +43,7 @@ def discover(clients: Clients, project: str, installation_id: str, regions: list
     from google.cloud import compute_v1
 
     request = compute_v1.AggregatedListInstancesRequest(
-        project=project, filter=label_filter(installation_id), max_results=PAGE_SIZE, return_partial_success=True
+        project=project, filter=label_filter(installation_id), max_results=PAGE_SIZE
     )
     found = []
     for _scope, scoped in clients.instances().aggregated_list(request=request):
@@ -63,31 +64,31 @@ def discover(clients: Clients, project: str, installation_id: str, regions: list
                     location=zone,
                 )
             )
-    return found
+    return sorted(found, key=lambda r: (r.location or "", r.resource_id))
 
 
 def utilization(clients: Clients, project: str, instance_id: str, now: datetime | None = None) -> Utilization:
     """Mean utilization per GPU over the last 15 minutes; unreadable or missing counts as unknown (active)."""
     now = now or datetime.now(UTC)
     unknown = Utilization(at=now, gpu_percent=[], gpu_memory_percent=[], active=None)
+    params = {
+        "filter": f'metric.type = "{GPU_METRIC}" AND resource.labels.instance_id = "{instance_id}"',
+        "interval.startTime": (now - WINDOW).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "interval.endTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "view": "FULL",
+    }
+    per_gpu: dict[int, list[float]] = {}
     try:
-        from google.cloud import monitoring_v3
-
-        interval = monitoring_v3.TimeInterval(start_time=now - WINDOW, end_time=now)
-        series = clients.metrics().list_time_series(
-            request={
-                "name": f"projects/{project}",
-                "filter": f'metric.type = "{GPU_METRIC}" AND resource.labels.instance_id = "{instance_id}"',
-                "interval": interval,
-                "view": monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
-            }
-        )
-        per_gpu: dict[int, list[float]] = {}
-        for ts in series:
-            index = int(ts.metric.labels.get("gpu_number", len(per_gpu)))
-            for point in ts.points:
-                value = point.value.double_value or float(point.value.int64_value)
-                per_gpu.setdefault(index, []).append(value)
+        while True:
+            page = clients.get_json("monitoring", MONITORING, f"/v3/projects/{project}/timeSeries", params)
+            for ts in page.get("timeSeries", []):
+                index = int(ts.get("metric", {}).get("labels", {}).get("gpu_number", len(per_gpu)))
+                for point in ts.get("points", []):
+                    value = point.get("value", {})
+                    per_gpu.setdefault(index, []).append(float(value.get("doubleValue", value.get("int64Value", 0))))
+            if not page.get("nextPageToken"):
+                break
+            params["pageToken"] = page["nextPageToken"]
     except Exception:
         return unknown
     gpu = [sum(v) / len(v) for _, v in sorted(per_gpu.items()) if v]
