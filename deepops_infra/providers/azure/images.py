@@ -60,7 +60,11 @@ def check_one(compute: Any, region: str, ref: str) -> tuple[bool, str]:
     try:
         if m := URN.match(ref):
             found = compute.virtual_machine_images.get(region, m["publisher"], m["offer"], m["sku"], m["version"])
-            return True, found.name or m["version"]
+            status = getattr(found.properties, "image_deprecation_status", None)
+            state = str(getattr(status, "image_state", None) or "Active")
+            if state.endswith("Deprecated") or state == "Deprecated":
+                return False, "deprecated by its publisher"
+            return True, f"version {found.name or m['version']} ({state.rsplit('.', 1)[-1]})"
         g = GALLERY.match(ref)
         assert g is not None  # checked when the lock was read
         version = compute.gallery_image_versions.get(g["group"], g["gallery"], g["image"], g["version"])

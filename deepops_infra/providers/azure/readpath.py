@@ -119,14 +119,14 @@ def delete(clients: Clients, vm_id: str, installation_id: str, timeout_s: float 
     sub = clients.az.require_subscription()
     url = f"/subscriptions/{sub}/resourcegroups/{group}?api-version={GROUP_API}"
     try:
-        answer = compute._client.send_request(HttpRequest("DELETE", url))
+        answer = compute.send_request(HttpRequest("DELETE", url))
         if answer.status_code not in (200, 202, 204, 404):
             answer.raise_for_status()
         location = answer.headers.get("Location")
         deadline = time.monotonic() + timeout_s
         while location and answer.status_code == 202:
             time.sleep(float(answer.headers.get("Retry-After", "5")))
-            answer = compute._client.send_request(HttpRequest("GET", location))
+            answer = compute.send_request(HttpRequest("GET", location))
             if time.monotonic() > deadline:
                 raise OperationError(f"resource group {group} not deleted after {timeout_s:.0f}s")
         if answer.status_code >= 400 and answer.status_code != 404:
