@@ -57,7 +57,8 @@ def serve() -> Iterator[Api]:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = raw.decode()
-            seen = Seen(self.command, parts.path, parse_qs(parts.query), body, dict(self.headers))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            seen = Seen(self.command, parts.path, parse_qs(parts.query), body, headers)
             api.seen.append(seen)
             for route in reversed(api.routes):
                 answer = route(seen)

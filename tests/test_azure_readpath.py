@@ -80,7 +80,7 @@ def test_discover_follows_next_links_with_power_state_and_ignores_what_is_not_ou
     ]
     calls = [s for s in api.seen if s.path == VMS]
     assert len(calls) == 2 and calls[0].query["statusOnly"] == ["true"]
-    assert all(s.headers["Authorization"] == "Bearer test-token" for s in calls)
+    assert all(s.headers["authorization"] == "Bearer test-token" for s in calls)
     assert token.scopes[0] == (f"{api.url}/.default",)
     assert [r.machine_id for r in readpath.discover(clients, INSTALL, regions=["westus2"])] == ["m-11112222"]
 
@@ -138,7 +138,7 @@ def test_break_glass_deletes_only_our_machines_group_and_waits_for_it(api: Api, 
     readpath.delete(clients, ours["id"], INSTALL)
     [deleted] = [s for s in api.seen if s.method == "DELETE"]
     assert deleted.query["api-version"] == ["2021-04-01"]
-    assert deleted.headers["Authorization"] == "Bearer test-token"
+    assert deleted.headers["authorization"] == "Bearer test-token"
     assert len(polls) == 2
 
 

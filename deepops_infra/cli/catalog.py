@@ -11,14 +11,19 @@ app = typer.Typer(help="The GPU catalog: offerings and prices per cloud and regi
 
 @app.command("refresh")
 def refresh(
-    cloud: Annotated[str, typer.Option("--cloud", help="Cloud whose part to rebuild (aws).")] = "aws",
+    cloud: Annotated[str, typer.Option("--cloud", help="Cloud whose part to rebuild (aws, gcp, azure).")] = "aws",
     region: Annotated[list[str] | None, typer.Option("--region", help="Only these regions (repeatable).")] = None,
 ) -> None:
     """Rebuild a cloud's offerings from its pricing APIs into $DEEPOPS_HOME/catalog/<cloud>.csv."""
     from deepops_infra.errors import OperationError, UserError
 
+    if cloud in ("gcp", "azure"):
+        from deepops_infra.catalog.refresh import refresh_cloud
+
+        info(refresh_cloud(settings(), cloud, list(region or [])))
+        return
     if cloud != "aws":
-        raise UserError(f"--cloud {cloud}: refresh is available for aws")
+        raise UserError(f"--cloud {cloud}: refresh is available for aws, gcp and azure")
     from deepops_infra.catalog import refreshed_path, write_rows
     from deepops_infra.catalog.aws import refresh as refresh_aws
     from deepops_infra.providers.aws.clients import Clients
