@@ -37,6 +37,9 @@ def test_dry_run_prints_the_plan_with_hand_checked_prices(sqlite_deepops: Any) -
 
 
 def test_auto_places_on_the_cheapest_allowed_target(sqlite_deepops: Any) -> None:
+    sqlite_deepops.home.mkdir(parents=True, exist_ok=True)
+    # The policy names the targets `auto` may use: here the pool and AWS (other clouds are cheaper for T4).
+    (sqlite_deepops.home / "config.yaml").write_text("policy:\n  default:\n    targets: [onprem, aws]\n")
     out = sqlite_deepops.run("up", "--gpus", "T4:1", "--cloud", "auto", "--spot", "--dry-run", "--json", check=True)
     plan = json.loads(out.stdout)
     # spot g4dn.xlarge: us-east-1 0.2 < us-west-2 0.2386 < eu-west-1 0.3147; + 0.010959 disk
