@@ -184,7 +184,9 @@ class PulumiCloudProvider(Provider):
         return tags.machine_tags(machine, self._installation_id())
 
     def stack_config(self, machine: "Machine") -> dict[str, Any]:
-        """The config every cloud's program reads, then the cloud's own keys."""
+        """The config every cloud's program reads, then the cloud's own keys (checked first: a missing
+        project or subscription is refused before a key is made)."""
+        own = self.cloud_config(machine)
         plan = machine.plan
         config: dict[str, Any] = {
             "machineId": machine.id,
@@ -197,7 +199,7 @@ class PulumiCloudProvider(Provider):
         }
         if self.conf.allow_any_ssh:
             config["allowAnySsh"] = True
-        return config | self.cloud_config(machine)
+        return config | own
 
     def create(self, machine: "Machine", progress: Progress) -> dict[str, Any]:
         config = self.stack_config(machine)
