@@ -2,7 +2,6 @@
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ STATIC = Path(__file__).parent / "static"
 API = "/api/v1"
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 AUTH_CACHE_SECONDS = 5.0
+WORKERS = 4  # processes running launches and releases (each a play or a Pulumi update at a time)
 Label = Annotated[str, Field(min_length=1, max_length=63)]
 
 
@@ -100,7 +100,13 @@ class Server:
         self.config = ServerSettings.load(settings)
         settings.ensure_home()
         self.ledger = Ledger(settings.ledger_url)
-        self.launches = ThreadPoolExecutor(max_workers=8, thread_name_prefix="deepops-launch")
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from deepops_infra.server import worker
+
+        self.workers = ProcessPoolExecutor(max_workers=WORKERS, mp_context=multiprocessing.get_context("spawn"))
+        self.workers.submit(worker.warm)
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
         self.stop = threading.Event()
         self._auth_cache: dict[str, tuple[float, Caller | None]] = {}
@@ -185,7 +191,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
             thread.start()
         yield
         server.stop.set()
-        server.launches.shutdown(wait=False, cancel_futures=False)
+        server.workers.shutdown(wait=False, cancel_futures=False)
         if thread is not None:
             thread.join(timeout=30)
 
@@ -369,7 +375,11 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         lifecycle.provider = provider
         machine = lifecycle.record(request_, image, plans)
         request.state.target = machine.id
-        server.launches.submit(_launch, lifecycle, machine, image)
+        from deepops_infra.server import worker
+
+        server.workers.submit(
+            worker.launch, str(server.settings.home), machine.id, lifecycle._fallbacks.pop(machine.id, [])
+        )
         response.headers["Location"] = f"{API}/machines/{machine.id}"
         return machine_json(machine, None) | {"plan": plan}
 
@@ -386,15 +396,15 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
 
     @app.delete(API + "/machines/{ref}", tags=["machines"], summary="Release a machine")
     def release_machine(who: Who, ref: str, request: Request) -> dict[str, Any]:
-        from deepops_infra.lifecycle import cost_line
-
         with server.ledger.read() as session:
             m = visible_machine(session, who, ref)
         request.state.target = m.id
         if m.ended_at is not None:
             raise UserError(f"{m.id} already ended ({m.status})")
-        ended = server.lifecycle(m.cloud).down(m, "released by " + who.name + " (team server)")
-        return {"machine": machine_json(ended.machine, ended.cost), "cost_line": cost_line(ended)}
+        from deepops_infra.server import worker
+
+        reason = "released by " + who.name + " (team server)"
+        return server.workers.submit(worker.release, str(server.settings.home), m.id, reason).result()
 
     # -- offers, policy, pool ---------------------------------------------------------------------
 
@@ -639,14 +649,6 @@ def _too_large(request: Request, limit: int) -> bool:
         return int(length) > limit
     except ValueError:
         return True
-
-
-def _launch(lifecycle: Any, machine: Machine, image: Any) -> None:
-    """Provisioning in the server: failures end the machine `failed` (and torn down) as in the CLI."""
-    import contextlib
-
-    with contextlib.suppress(Exception):  # the lifecycle records the failure on the machine
-        lifecycle.launch(machine, image)
 
 
 def _audit(server: Server, request: Request, caller: Caller | None, status: int) -> None:
