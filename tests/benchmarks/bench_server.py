@@ -148,14 +148,14 @@ async def drive(url: str, readers: list[str], writers: list[str], duration: floa
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
         deadline = time.monotonic() + duration
         started = time.monotonic()
-        await asyncio.gather(
-            *(reader(client, t, deadline, reads) for t in readers),
-            *(writer(client, t, deadline, posts, releases, readies) for t in writers),
-        )
+        writing = asyncio.gather(*(writer(client, t, deadline, posts, releases, readies) for t in writers))
+        await asyncio.gather(*(reader(client, t, deadline, reads) for t in readers))
+        read_seconds = time.monotonic() - started
+        await writing  # writers finish the lease they hold: release what they requested
         seconds = time.monotonic() - started
     return {
         "seconds": round(seconds, 1),
-        "list_machines": reads.summary(seconds),
+        "list_machines": reads.summary(read_seconds),
         "request_machine": posts.summary(seconds),
         "time_to_ready_s": {k: v for k, v in readies.summary(seconds).items() if k != "per_second"},
         "release_machine": releases.summary(seconds),
@@ -235,7 +235,11 @@ def main() -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"deepops serve on 127.0.0.1, {result['ledger']} ledger, {result['cpus']} CPUs, {result['seconds']} s")
+    print(
+        f"deepops serve on 127.0.0.1, {result['ledger']} ledger, {result['cpus']} CPUs, "
+        f"load average {result['load_before']:.1f}; {args.duration:.0f} s of load, {result['seconds']} s "
+        "until the last lease was released (reads per second over the former)"
+    )
     for name in ("list_machines", "request_machine", "release_machine"):
         r = result[name]
         print(
