@@ -159,3 +159,16 @@ def test_extend_within_and_beyond_policy(home, ledger_url):
 def test_image_pin_recorded(home, ledger_url):
     machine = record("0")
     assert machine.image_pin == get_image("cpu-minimal").pin_for("onprem")
+
+
+def test_concurrent_first_opens_migrate_once(tmp_path):
+    """Several commands starting on a fresh SQLite home at the same moment all get the schema."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = f"from deepops_infra.ledger.db import Ledger; Ledger({url!r})"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [p.stderr.read() for p in procs if p.wait(timeout=120) != 0]
+    assert errors == []
+    assert current_revision(Ledger(url).engine) == HEAD_REVISION

@@ -81,9 +81,11 @@ def migrate(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    # Two processes migrating a fresh ledger at once must not both create tables: PostgreSQL
+    # serialises on an advisory lock, SQLite on its write lock taken up front (the second waits,
+    # then finds the schema at head and does nothing).
+    with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
         if engine.dialect.name == "postgresql":
-            # Two processes migrating a fresh database at once must not both create tables.
             conn.execute(text("SELECT pg_advisory_xact_lock(7343001)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
