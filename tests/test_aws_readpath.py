@@ -173,3 +173,12 @@ def test_verify_pins_with_describe_images(clients: Clients) -> None:
     pending = check_image("r", "i", "ami-1", {"State": "pending"}, now)
     assert (old.ok, later.ok, pending.ok) == (False, True, False)
     assert "deprecated since 2025-12-01" in old.detail
+
+
+def test_a_ghost_is_confirmed_only_by_ec2(clients: Clients) -> None:
+    """The reaper closes a ledger row whose instance is gone only when EC2 says so."""
+    [running, ended] = launch(clients, "us-east-1", ours("m-ghost001"), count=2)
+    clients.ec2("us-east-1").terminate_instances(InstanceIds=[ended])
+    assert readpath.gone_since(clients, "us-east-1", running) is None
+    assert readpath.gone_since(clients, "us-east-1", ended) is not None
+    assert readpath.gone_since(clients, "us-east-1", "i-0000000000000beef") is not None  # unknown to EC2

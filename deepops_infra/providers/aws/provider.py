@@ -5,6 +5,7 @@ the stack only declares resources from its config. What every cloud shares (plan
 SSH, configure, destroy) is in providers/cloud.py; the read path is boto3 (readpath.py).
 """
 
+from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,13 @@ class AwsProvider(PulumiCloudProvider):
         if not instance_id or not machine.region:
             return None
         return readpath.utilization(self.clients, machine.region, instance_id)
+
+    def confirm_gone(self, machine: "Machine") -> datetime | None:
+        """A ghost is closed only on EC2's word: the instance is terminated or unknown."""
+        instance_id = (machine.provider_refs or {}).get("instance_id")
+        if not instance_id or not machine.region:
+            return None
+        return readpath.gone_since(self.clients, machine.region, instance_id)
 
     def terminate_resource(self, resource: Resource) -> None:
         """Break-glass terminate by instance ID (the instance must carry this installation's tags)."""

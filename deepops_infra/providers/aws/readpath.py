@@ -106,6 +106,26 @@ def utilization(clients: Clients, region: str, instance_id: str, now: datetime |
     return Utilization(at=now, gpu_percent=gpu, gpu_memory_percent=mem, active=active)
 
 
+def gone_since(clients: Clients, region: str, instance_id: str, now: datetime | None = None) -> datetime | None:
+    """When EC2 confirms the instance is gone: terminated (or no longer known at all); else None.
+
+    EC2 keeps a terminated instance visible for about an hour; after that the ID is unknown,
+    which is as much a confirmation as the terminated state."""
+    from botocore.exceptions import ClientError
+
+    now = now or datetime.now(UTC)
+    try:
+        reservations = clients.ec2(region).describe_instances(InstanceIds=[instance_id])["Reservations"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
+            return now
+        return None  # cannot tell: never close a record on a guess
+    instances = [i for r in reservations for i in r["Instances"]]
+    if not instances:
+        return now
+    return now if instances[0]["State"]["Name"] == "terminated" else None
+
+
 def terminate(clients: Clients, region: str, instance_id: str, installation_id: str) -> str:
     """Break-glass: terminate one instance by ID, only if it carries this installation's deepops tags.
 
