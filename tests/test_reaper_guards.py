@@ -243,3 +243,33 @@ def test_a_failed_machine_kept_for_debugging_waits_for_its_ttl(tmp_path, ledger_
     report = Reaper(settings, ledger, {"fake": fake}).run()
     assert by_machine(report) == {old: ["teardown"]} and report.actions[0].detail.startswith("kept for debugging")
     assert fake.destroyed == [old]
+
+
+def test_a_team_over_a_stopping_budget_is_warned_then_ended(tmp_path, ledger_url):
+    """budgets.teams.<t>.stop_running_over_budget: the reaper warns, waits the grace, then ends the
+    team's running machines; every cycle also sends the month's budget alerts (once per threshold)."""
+    import time
+
+    settings = settings_for(
+        tmp_path, "budgets:\n  teams:\n    ml: {monthly: 0.01, stop_running_over_budget: true}\n    cv: 0.01\n"
+    )
+    ledger = Ledger(ledger_url)
+    fake = FakeProvider()
+    spender = add_machine(ledger, age=timedelta(hours=2), team="ml")
+    other = add_machine(ledger, age=timedelta(hours=2), team="cv")  # over budget, but its budget only alerts
+    for mid in (spender, other):
+        fake.add(mid, ours(ledger))
+        fake.util[mid] = busy()
+    reaper = Reaper(settings, ledger, {"fake": fake}, ReaperSettings(grace=timedelta(seconds=1)))
+    assert by_machine(reaper.run()) == {spender: ["warn"]}
+    time.sleep(1.1)
+    reaper.run()
+    assert fake.destroyed == [spender]
+    with ledger.read() as session:
+        keys = set(session.scalars(select(Notification.key)))
+        reasons = [e.reason for e in session.scalars(select(Event).where(Event.machine_id == spender))]
+    assert {k for k in keys if k.startswith("budget:")} == {
+        f"budget:team:ml:{datetime.now(UTC):%Y-%m}:100",
+        f"budget:team:cv:{datetime.now(UTC):%Y-%m}:100",
+    }
+    assert any("spent" in (r or "") and "budget" in (r or "") for r in reasons)

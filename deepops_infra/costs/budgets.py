@@ -33,6 +33,7 @@ class Budget:
     name: str
     monthly: Decimal
     refuse: bool
+    stop_running: bool = False  # the reaper warns, then ends the team's running machines
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def load(config: Config) -> BudgetConfig:
     """Parse and check the `budgets:` section; errors name the file and line."""
     section = config.section("budgets")
     path = config.path
-    known = {"thresholds", "refuse_over_budget", "teams", "projects"}
+    known = {"thresholds", "refuse_over_budget", "stop_running_over_budget", "teams", "projects"}
     for key in section:
         if key not in known:
             raise FileError(
@@ -74,8 +75,10 @@ def load(config: Config) -> BudgetConfig:
             path, section.line_of("thresholds"), "budgets.thresholds must be a list of percents, e.g. [50, 80, 100]"
         )
     refuse_default = section.get("refuse_over_budget", False)
-    if not isinstance(refuse_default, bool):
-        raise FileError(path, section.line_of("refuse_over_budget"), "budgets.refuse_over_budget must be true or false")
+    stop_default = section.get("stop_running_over_budget", False)
+    for key, value in (("refuse_over_budget", refuse_default), ("stop_running_over_budget", stop_default)):
+        if not isinstance(value, bool):
+            raise FileError(path, section.line_of(key), f"budgets.{key} must be true or false")
     budgets: list[Budget] = []
     for kind in KINDS:
         entries = section.get(kind + "s")
@@ -86,16 +89,24 @@ def load(config: Config) -> BudgetConfig:
         for name, value in entries.items():
             line = entries.line_of(name)
             where = f"budgets.{kind}s.{name}"
-            refuse = refuse_default
+            refuse, stop = refuse_default, stop_default
             if isinstance(value, Mapping):
-                extra = set(value) - {"monthly", "refuse_over_budget"}
+                extra = set(value) - {"monthly", "refuse_over_budget", "stop_running_over_budget"}
                 if extra or "monthly" not in value:
-                    raise FileError(path, line, f"{where}: give `monthly:` (and optionally `refuse_over_budget:`)")
+                    raise FileError(
+                        path,
+                        line,
+                        f"{where}: give `monthly:` (and optionally `refuse_over_budget:`, `stop_running_over_budget:`)",
+                    )
                 refuse = value.get("refuse_over_budget", refuse_default)
-                if not isinstance(refuse, bool):
-                    raise FileError(path, line, f"{where}.refuse_over_budget must be true or false")
+                stop = value.get("stop_running_over_budget", stop_default)
+                if not isinstance(refuse, bool) or not isinstance(stop, bool):
+                    raise FileError(
+                        path, line, f"{where}: refuse_over_budget and stop_running_over_budget are true/false"
+                    )
                 value = value["monthly"]
-            budgets.append(Budget(kind, str(name), _amount(value, where, path, line), refuse and kind == "team"))
+            amount = _amount(value, where, path, line)
+            budgets.append(Budget(kind, str(name), amount, refuse and kind == "team", stop and kind == "team"))
     return BudgetConfig(tuple(sorted(set(thresholds))), tuple(budgets))
 
 
@@ -214,3 +225,22 @@ def check_team_budget(config: Config, session: Any, team: str, now: datetime | N
             f"policy (team {team}, rule budgets.teams.{team}): the team has spent {dollars(spent)} of its "
             f"{dollars(budget.monthly)} budget for {now:%Y-%m}; no new machines until next month or a higher budget"
         )
+
+
+def over_budget_teams(settings: Settings, ledger: Any, now: datetime, alert: bool = True) -> dict[str, str]:
+    """Once per reaper cycle: send the month's budget alerts (once per threshold) and return the
+    teams whose budget says running machines stop when it is spent, with why."""
+    from deepops_infra.pricing import dollars
+
+    config = load(settings.config)
+    if not config.budgets:
+        return {}
+    statuses = status(ledger, config, Period.current_month(now), now)
+    if alert:
+        send_alerts(settings, ledger, config, statuses)
+    stopping = {b.name for b in config.budgets if b.stop_running}
+    return {
+        st.name: f"team {st.name} spent {dollars(st.spent)} of its {dollars(st.budget)} budget for {st.month}"
+        for st in statuses
+        if st.kind == "team" and st.name in stopping and st.spent >= st.budget
+    }

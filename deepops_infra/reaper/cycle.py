@@ -17,7 +17,7 @@ machine exactly once. Every action is an event with its reason.
 
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 
 from deepops_infra import states
 from deepops_infra.config import Settings
+from deepops_infra.costs.budgets import over_budget_teams
 from deepops_infra.errors import DeepopsError
 from deepops_infra.ledger import store
 from deepops_infra.ledger.db import Ledger
@@ -177,6 +178,14 @@ class Reaper:
             except Exception as exc:  # one target failing must not stop the others
                 report.errors.append(f"{cloud}: discovery failed: {type(exc).__name__}: {exc}")
         live = self._load_live(now)
+        try:
+            over = over_budget_teams(self.settings, self.ledger, now, alert=not dry_run)
+        except Exception as exc:  # budgets must never stop the TTL and idle policies
+            over = {}
+            report.errors.append(f"budgets: {type(exc).__name__}: {exc}")
+        for item in live.values():
+            if item.machine.team in over:
+                item.facts = replace(item.facts, over_budget=over[item.machine.team])
         report.machines_by_state = dict(Counter(x.machine.status for x in live.values()))
         actions: list[Action] = []
         seen, ours, gone = self._classify(found, installation, report)
@@ -491,7 +500,8 @@ class Reaper:
             return row, f"already ended ({row.status})"
         if action.kind == "close-ghost":
             return row, None if row.status in GHOST_STATES else f"now {row.status}"
-        fresh = _Live(row, self._facts(row, progress, extended, kept), item.utilization, item.samples)
+        facts = replace(self._facts(row, progress, extended, kept), over_budget=item.facts.over_budget)
+        fresh = _Live(row, facts, item.utilization, item.samples)
         now = store.now()
         policy = self.settings.config.policy_for(row.team)
         due = evaluate(fresh.facts, fresh.utilization, fresh.samples, now, policy, self.rs)

@@ -46,6 +46,7 @@ class MachineFacts:
     last_progress_at: datetime  # the last transition (or event) written by whoever is working on it
     last_extend_at: datetime | None = None
     kept: bool = False  # failed and kept for debugging (--keep-on-failure): the TTL still holds
+    over_budget: str | None = None  # the team's budget is spent and says running machines stop
 
 
 def idle_since(samples: Iterable[tuple[datetime, float, bool | None]], now: datetime, max_gap: timedelta) -> datetime:
@@ -132,6 +133,8 @@ def evaluate(
         verb = "ended" if now >= expiry else "ends"
         detail = f"{what} {verb} at {expiry:%Y-%m-%d %H:%M:%S}Z"
         return Due(reason, detail, expiry, warn=True, episode=str(int(expiry.timestamp())))
+    if facts.over_budget:
+        return Due("budget-exceeded", facts.over_budget, now, warn=True, episode=f"{now:%Y-%m}")
     seen = last_active(facts, utilization, samples, now, rs.max_sample_gap)
     idle_for = now - seen
     if idle_for >= facts.idle_timeout:
