@@ -103,8 +103,9 @@ policy:
     assert not (sqlite_deepops.home / "ledger.db").exists()
 
 
-def test_cloud_not_available_yet(sqlite_deepops):
-    assert_one_line_error(sqlite_deepops.run(*UP, "--cloud", "gcp"), "not available yet", "onprem")
+def test_clouds_are_placed_by_gpu_offer(sqlite_deepops):
+    for cloud in ("gcp", "azure"):
+        assert_one_line_error(sqlite_deepops.run(*UP, "--cloud", cloud), "--gpus 0", "--cloud onprem")
 
 
 def test_machine_commands_on_unknown_ids(sqlite_deepops):

@@ -64,11 +64,11 @@ def test_images_verify_onprem(sqlite_deepops):
 
 
 def test_images_verify_cloud_without_hook_is_refused(sqlite_deepops):
-    proc = sqlite_deepops.run("images", "verify", "--cloud", "gcp")
+    proc = sqlite_deepops.run("images", "verify", "--cloud", "ibm")
     assert proc.returncode == 2
     assert proc.stderr == (
-        "deepops: error: --cloud gcp: no pin check for gcp yet "
-        "(deepops_infra/providers/gcp/images.py has no verify_cloud_pins); use onprem or aws\n"
+        "deepops: error: --cloud ibm: no pin check for ibm yet "
+        "(deepops_infra/providers/ibm/images.py has no verify_cloud_pins); use onprem, aws, gcp or azure\n"
     )
 
 

@@ -158,7 +158,7 @@ def verify(
         if hook is None:
             raise UserError(
                 f"--cloud {cloud}: no pin check for {cloud} yet "
-                f"(deepops_infra/providers/{cloud}/images.py has no {CLOUD_PIN_HOOK}); use onprem or aws"
+                f"(deepops_infra/providers/{cloud}/images.py has no {CLOUD_PIN_HOOK}); use onprem, aws, gcp or azure"
             )
         from deepops_infra.cli.common import settings
 

@@ -10,18 +10,26 @@ from deepops_infra.paths import images_dir
 from deepops_infra.providers.cloudimages import Pins, parse_lock
 
 LOCK_NAME = "gcp.lock.yaml"
+API = "https://www.googleapis.com/compute/v1/"
+GLOBAL = "global"  # GCP images are global: one pin under `global:` serves every region
 SELF_LINK = re.compile(
-    r"^https://(www|compute)\.googleapis\.com/compute/v1/projects/(?P<project>[a-z][a-z0-9-]{4,28}[a-z0-9])"
+    r"^(https://(www|compute)\.googleapis\.com/compute/v1/)?projects/(?P<project>[a-z][a-z0-9-]{4,28}[a-z0-9])"
     r"/global/images/(?P<image>[a-z]([-a-z0-9]{0,61}[a-z0-9])?)$"
 )
 
 
 def problem(ref: str) -> str | None:
     if "/family/" in ref:
-        return "names an image family, which moves; pin the image's full self-link"
+        return "names an image family, which moves; pin the image itself"
     if not SELF_LINK.match(ref):
-        return "is not an image self-link (https://www.googleapis.com/compute/v1/projects/P/global/images/NAME)"
+        return "is not an image (projects/P/global/images/NAME or its https://www.googleapis.com/compute/v1/ self-link)"
     return None
+
+
+def self_link(ref: str) -> str:
+    """The full self-link of a pinned image (the lock may hold it as `projects/P/global/images/N`,
+    as images/packer/bake.py records it)."""
+    return ref if ref.startswith("https://") else API + ref
 
 
 @cache
@@ -32,7 +40,10 @@ def load_pins(directory: Path | None = None) -> dict[str, Pins]:
 
 def pin_for(image: str, region: str) -> str | None:
     entry = load_pins().get(image)
-    return entry.regions.get(region) if entry else None
+    if entry is None:
+        return None
+    ref = entry.regions.get(region) or entry.regions.get(GLOBAL)
+    return self_link(ref) if ref else None
 
 
 @dataclass(frozen=True)
