@@ -117,6 +117,12 @@ def test_vm_pinned_image_encrypted_disks_on_demand_and_shutdown_backstop() -> No
     assert s["targetResourceId"] == "m-0a1b2c3d-id"
 
 
+def test_the_shutdown_schedule_can_be_off() -> None:
+    mocks, _ = run(BASE | {"shutdownEnabled": False})
+    [schedule] = mocks.of("azure-native:devtestlab:GlobalSchedule")
+    assert schedule.inputs["status"] == "Disabled"
+
+
 def test_spot_is_evicted_by_delete() -> None:
     mocks, _ = run(BASE | {"spot": True})
     [vm] = mocks.of(VM)

@@ -92,8 +92,17 @@ def test_azure_config_runs_the_program(tmp_path: Path) -> None:
         "sku": "2204",
         "version": "22.04.2025052101",
     }
-    assert config["shutdownTime"] == "1500"  # expiry 14:00 UTC + the grace hour
+    # Default max_ttl 7 days: the daily schedule would fire inside the lease, so it is off ...
+    assert (config["shutdownTime"], config["shutdownEnabled"]) == ("0700", False)
     assert config["adminUser"] == "azureuser"
+    # ... with max_ttl 12h it fires at creation 06:00 + 12 h + the grace hour.
+    (tmp_path / "config.yaml").write_text(
+        "azure:\n  subscription_id: 00000000-0000-0000-0000-000000000001\n  ssh_cidr: 198.51.100.7/32\n"
+        "policy:\n  default:\n    max_ttl: 12h\n    default_ttl: 8h\n"
+    )
+    p = provider(tmp_path, "azure", (tmp_path / "config.yaml").read_text())
+    config = p.stack_config(machine("azure", "eastus", "Standard_NC24ads_A100_v4", "A100-80GB", 1, pin, spot=True))
+    assert (config["shutdownTime"], config["shutdownEnabled"]) == ("1900", True)
     provider_keys = {k: config.pop(k) for k in [k for k in config if ":" in k]}
     outputs = {
         "azure-native:resources:ResourceGroup": {"name": "deepops-m-0a1b2c3d"},
@@ -105,6 +114,8 @@ def test_azure_config_runs_the_program(tmp_path: Path) -> None:
     assert vm.inputs["tags"]["deepops-expires-at"] == "2026-11-21T14:00:00Z"
     [nsg] = mocks.of("azure-native:network:NetworkSecurityGroup")
     assert nsg.inputs["securityRules"][0]["sourceAddressPrefix"] == "198.51.100.7/32"
+    [schedule] = mocks.of("azure-native:devtestlab:GlobalSchedule")
+    assert (schedule.inputs["status"], schedule.inputs["dailyRecurrence"]) == ("Enabled", {"time": "1900"})
 
 
 def test_bad_cloud_settings_name_the_key_and_line(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ Config (namespace deepops-azure, plus azure-native:location and azure-native:sub
   tags              the DESIGN tags, on every taggable resource
   spot              true for Spot priority (evicted VMs are deleted, at most the on-demand price)
   shutdownTime      HHMM (UTC) of the daily auto-shutdown, the cloud's own backstop
+  shutdownEnabled   false when a daily schedule would fire inside a lease that may still be extended
   allowAnySsh       must be true for a 0.0.0.0/0 sshCidr to be accepted (never the default)
 Outputs: vm_id, resource_group, public_ip, private_ip.
 """
@@ -128,7 +129,7 @@ shutdown = az.devtestlab.GlobalSchedule(
     name=f"shutdown-computevm-{name}",
     resource_group_name=group.name,
     location=location,
-    status="Enabled",
+    status="Enabled" if cfg.get_bool("shutdownEnabled") is not False else "Disabled",
     task_type="ComputeVmShutdownTask",
     daily_recurrence={"time": cfg.require("shutdownTime")},
     time_zone_id="UTC",

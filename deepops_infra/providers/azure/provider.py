@@ -9,17 +9,21 @@ from deepops_infra.providers.azure import images, readpath
 from deepops_infra.providers.azure.clients import Clients
 from deepops_infra.providers.azure.settings import AzureSettings, azure_settings
 from deepops_infra.providers.base import Resource, Utilization
-from deepops_infra.providers.cloud import BACKSTOP_GRACE_S, Login, PulumiCloudProvider
+from deepops_infra.providers.cloud import Login, PulumiCloudProvider, backstop_seconds
 from deepops_infra.providers.cloudimages import summary
 
 if TYPE_CHECKING:
     from deepops_infra.ledger.schema import Machine
 
 
-def shutdown_time(machine: "Machine") -> str:
-    """Azure's auto-shutdown is a daily time (HHMM, UTC): the lease's end plus the grace hour."""
-    at = machine.expires_at + timedelta(seconds=BACKSTOP_GRACE_S)
-    return at.strftime("%H%M")
+def shutdown_schedule(settings: Any, machine: "Machine") -> tuple[str, bool]:
+    """Azure's auto-shutdown is a daily time (HHMM, UTC). It is set to the latest moment the machine
+    may live (creation + the team's max_ttl + the grace hour, the same backstop as GCP's) and is
+    enabled only when that moment is within a day of creation: a daily schedule would otherwise
+    fire first inside a lease that extensions may still lengthen."""
+    seconds = backstop_seconds(settings, machine)
+    at = machine.created_at + timedelta(seconds=seconds)
+    return at.strftime("%H%M"), seconds <= 24 * 3600
 
 
 class AzureProvider(PulumiCloudProvider):
@@ -47,13 +51,15 @@ class AzureProvider(PulumiCloudProvider):
 
     def cloud_config(self, machine: "Machine") -> dict[str, Any]:
         login = self.login_for(machine.image)
+        shutdown = shutdown_schedule(self.settings, machine)
         return {
             "azure-native:location": machine.region,
             "azure-native:subscriptionId": self.conf.require_subscription(),
             "location": machine.region,
             "imageReference": images.image_reference(machine.image_pin or ""),
             "adminUser": self.conf.ssh_user or login.ssh_user,
-            "shutdownTime": shutdown_time(machine),
+            "shutdownTime": shutdown[0],
+            "shutdownEnabled": shutdown[1],
         }
 
     def refs_from(self, outputs: dict[str, Any]) -> dict[str, Any]:
