@@ -11,55 +11,23 @@ from deepops_infra.cli.common import print_json, print_table, settings
 
 
 def _cloud_rows() -> list[dict]:
-    pulumi = shutil.which("pulumi")
-    rows = [
-        {
-            "target": "clouds",
-            "check": "pulumi CLI",
-            "ok": pulumi is not None,
-            "detail": pulumi
-            or "not found: install it with `curl -fsSL https://get.pulumi.com | sh` "
-            "(or your package manager), then reopen the shell",
-        }
-    ]
-    creds = {
-        "aws": bool(
-            os.environ.get("AWS_ACCESS_KEY_ID")
-            or os.environ.get("AWS_PROFILE")
-            or Path("~/.aws/credentials").expanduser().exists()
-        ),
-        "gcp": bool(
-            os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-            or Path("~/.config/gcloud/application_default_credentials.json").expanduser().exists()
-        ),
-        "azure": bool(os.environ.get("AZURE_CLIENT_ID") or Path("~/.azure/azureProfile.json").expanduser().exists()),
-    }
-    hints = {
-        "aws": "set AWS_PROFILE or run `aws configure`",
-        "gcp": "run `gcloud auth application-default login`",
-        "azure": "run `az login` or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET",
-    }
-    for cloud, ok in creds.items():
-        if cloud == "aws":
-            rows += _aws_rows()
-            continue
-        rows.append({"target": cloud, "check": "credentials", "ok": ok, "detail": "found" if ok else hints[cloud]})
-        rows.append({"target": cloud, "check": "provider", "ok": False, "detail": "not available in this version"})
-    return rows
-
-
-def _aws_rows() -> list[dict]:
-    """The AWS provider's own checks: credentials through boto3's chain (no network), AMI pins."""
+    """Each registered cloud provider's own checks (Pulumi CLI once, then credentials and image pins)."""
+    from deepops_infra.engine.pulumi_backend import INSTALL_HINT, pulumi_cli
     from deepops_infra.errors import DeepopsError
+    from deepops_infra.providers import PROVIDERS, get_provider
 
+    cli = pulumi_cli()
+    rows = [{"target": "clouds", "check": "pulumi CLI", "ok": cli is not None, "detail": cli or INSTALL_HINT}]
     s = settings()
-    try:
-        from deepops_infra.providers.aws.provider import AwsProvider
-
-        checks = [c for c in AwsProvider(s, None).doctor() if c[0] != "pulumi CLI"]  # type: ignore[arg-type]
-    except DeepopsError as exc:
-        checks = [("configuration", False, str(exc))]
-    return [{"target": "aws", "check": check, "ok": ok, "detail": detail} for check, ok, detail in checks]
+    for cloud in PROVIDERS:
+        if cloud == "onprem":
+            continue
+        try:
+            checks = [c for c in get_provider(cloud, s, None).doctor() if c[0] != "pulumi CLI"]  # type: ignore[arg-type]
+        except DeepopsError as exc:
+            checks = [("configuration", False, str(exc))]
+        rows += [{"target": cloud, "check": check, "ok": ok, "detail": detail} for check, ok, detail in checks]
+    return rows
 
 
 def doctor(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:

@@ -11,7 +11,7 @@ from deepops_infra.cli.common import info, open_ledger, print_json, print_table,
 Gpus = Annotated[
     str | None, typer.Option("--gpus", help="MODEL:COUNT (A100:8), MODEL for one (H100), or 0 for CPU only.")
 ]
-Cloud = Annotated[str | None, typer.Option("--cloud", help="onprem (now); aws, gcp, azure or auto as they land.")]
+Cloud = Annotated[str | None, typer.Option("--cloud", help="onprem, aws, gcp, azure or auto (cheapest fit).")]
 Region = Annotated[
     str | None, typer.Option("--region", help="Cloud region; on-prem: the `region` label of pool hosts.")
 ]
