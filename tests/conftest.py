@@ -168,6 +168,30 @@ def end_processes_under(home: Path) -> list[int]:
     return ended
 
 
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A webhook receiver on 127.0.0.1: (its URL, with a secret token in the query; the JSON bodies
+    it received). The token lets tests check that the URL never reaches logs or the ledger."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook?token=secret", received
+    server.shutdown()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

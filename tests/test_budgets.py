@@ -1,10 +1,8 @@
 """Budgets: spend against monthly budgets, alerts once per threshold, refusal of new machines."""
 
 import json
-import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +23,6 @@ def config_of(tmp_path: Path, text: str) -> Any:
     path = tmp_path / "config.yaml"
     path.write_text(text)
     return parse_config(load_yaml(path), path)
-
-
-@pytest.fixture
-def receiver():
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", received
-    server.shutdown()
 
 
 def test_parse_budgets(tmp_path: Path) -> None:
@@ -98,8 +77,8 @@ def test_status_against_budgets(tmp_path: Path, ledger_url: str) -> None:
     assert (llm.spent, llm.percent, llm.crossed) == (Decimal("71.176500"), Decimal("35.6"), None)
 
 
-def test_alerts_fire_once_per_threshold(tmp_path: Path, monkeypatch: Any, receiver: Any, ledger_url: str) -> None:
-    url, received = receiver
+def test_alerts_fire_once_per_threshold(tmp_path: Path, monkeypatch: Any, webhook: Any, ledger_url: str) -> None:
+    url, received = webhook
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.yaml").write_text(f"notify:\n  webhook_url: {url}\nbudgets:\n  teams:\n    nlp: 100\n")

@@ -1,10 +1,7 @@
 """The webhook: Slack-compatible body, sent once per key, delivery recorded, URL never stored."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
-import pytest
 from sqlalchemy import select
 
 from deepops_infra.config import Settings
@@ -13,27 +10,8 @@ from deepops_infra.ledger.schema import Notification
 from deepops_infra.notify import send_once
 
 
-@pytest.fixture
-def receiver():
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook?token=secret", received
-    server.shutdown()
-
-
-def test_sent_once_with_slack_body(tmp_path, monkeypatch, receiver, ledger_url):
-    url, received = receiver
+def test_sent_once_with_slack_body(tmp_path, monkeypatch, webhook, ledger_url):
+    url, received = webhook
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     (home / "config.yaml").write_text(f"notify:\n  webhook_url: {url}\n")

@@ -10,11 +10,9 @@ import signal
 import subprocess
 import sys
 import termios
-import threading
 import time
 import urllib.request
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -94,25 +92,6 @@ def machine(deepops, mid: str) -> Machine:  # type: ignore[no-untyped-def]
 def events(deepops, mid: str) -> list[Event]:  # type: ignore[no-untyped-def]
     with deepops.ledger().read() as session:
         return store.events(session, mid)
-
-
-@pytest.fixture
-def webhook():
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", received
-    server.shutdown()
 
 
 def test_busy_survives_idle_is_warned_then_reaped_and_ttl_holds_while_busy(sqlite_deepops, webhook):
