@@ -10,6 +10,7 @@ import time
 from abc import abstractmethod
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra import tags
@@ -78,19 +79,45 @@ class PulumiCloudProvider(Provider):
 
     # -- what a cloud supplies ---------------------------------------------------------------
 
-    @property
+    default_login: Login = Login()  # for an image whose lock names no login
+
     @abstractmethod
-    def conf(self) -> Any:
+    def load_conf(self) -> Any:
         """The cloud's settings: regions, ssh_cidr, allow_any_ssh, ip_detect_url, ssh_user,
         workspace_root and disk_gb_month at least."""
+
+    @abstractmethod
+    def make_clients(self, conf: Any) -> Any:
+        """The cloud's SDK clients (read path), built from its settings; they answer has_credentials()."""
+
+    @abstractmethod
+    def pins(self, image: str) -> Any:
+        """The image's pins on this cloud (its lock entry, with ssh_user and python), or None."""
 
     @abstractmethod
     def pin_for(self, image: str, region: str) -> str | None:
         """The image's pin in a region (its cloud lock file), None where it has none."""
 
-    @abstractmethod
+    # -- written once from the above ----------------------------------------------------------
+
+    @cached_property
+    def conf(self) -> Any:
+        return self.load_conf()
+
+    @property
+    def clients(self) -> Any:
+        if self._clients is None:
+            self._clients = self.make_clients(self.conf)
+        return self._clients
+
+    def has_credentials(self) -> tuple[bool, str]:
+        """Whether credentials can be found, without a network call."""
+        return self.clients.has_credentials()
+
     def login_for(self, image: str) -> Login:
         """The login of an image's pinned base on this cloud."""
+        pins = self.pins(image)
+        return Login(pins.ssh_user, pins.python) if pins else self.default_login
 
     @abstractmethod
     def cloud_config(self, machine: "Machine") -> dict[str, Any]:
@@ -99,10 +126,6 @@ class PulumiCloudProvider(Provider):
     @abstractmethod
     def refs_from(self, outputs: dict[str, Any]) -> dict[str, Any]:
         """Provider references worth keeping from the stack's outputs."""
-
-    @abstractmethod
-    def has_credentials(self) -> tuple[bool, str]:
-        """Whether credentials can be found, without a network call."""
 
     def gb_month(self) -> Decimal:
         return Decimal(self.conf.disk_gb_month)

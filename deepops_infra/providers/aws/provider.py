@@ -7,7 +7,6 @@ SSH, configure, destroy) is in providers/cloud.py; the read path is boto3 (readp
 
 from datetime import datetime
 from decimal import Decimal
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra.errors import OperationError
@@ -16,7 +15,7 @@ from deepops_infra.providers.aws.clients import Clients
 from deepops_infra.providers.aws.images import pin_for, pins_of
 from deepops_infra.providers.aws.settings import AwsSettings, aws_settings
 from deepops_infra.providers.base import Resource, Utilization
-from deepops_infra.providers.cloud import HOURS_PER_MONTH, Login, PulumiCloudProvider, offer_price
+from deepops_infra.providers.cloud import HOURS_PER_MONTH, PulumiCloudProvider, offer_price
 
 if TYPE_CHECKING:
     from deepops_infra.ledger.schema import Machine
@@ -29,19 +28,15 @@ SSH_WAIT_S = 600
 class AwsProvider(PulumiCloudProvider):
     cloud = "aws"
 
-    @cached_property
-    def aws(self) -> AwsSettings:
+    def load_conf(self) -> AwsSettings:
         return aws_settings(self.settings)
 
-    @property
-    def conf(self) -> AwsSettings:
-        return self.aws
+    def make_clients(self, conf: AwsSettings) -> Clients:
+        return Clients(conf)
 
     @property
-    def clients(self) -> Clients:
-        if self._clients is None:
-            self._clients = Clients(self.aws)
-        return self._clients
+    def aws(self) -> AwsSettings:
+        return self.conf
 
     def gb_month(self) -> Decimal:
         return self.aws.gp3_gb_month
@@ -52,12 +47,8 @@ class AwsProvider(PulumiCloudProvider):
     def pin_for(self, image: str, region: str) -> str | None:
         return pin_for(image, region)
 
-    def login_for(self, image: str) -> Login:
-        pins = pins_of(image)
-        return Login(pins.ssh_user, pins.python) if pins else Login()
-
-    def has_credentials(self) -> tuple[bool, str]:
-        return self.clients.has_credentials()
+    def pins(self, image: str) -> Any:
+        return pins_of(image)
 
     def cloud_config(self, machine: "Machine") -> dict[str, Any]:
         return {"aws:region": machine.region, "ami": machine.image_pin}

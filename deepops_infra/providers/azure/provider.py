@@ -2,7 +2,6 @@
 the clouds share is in providers/cloud.py, the read path in readpath.py."""
 
 from datetime import timedelta
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra.providers.azure import images, readpath
@@ -29,25 +28,19 @@ def shutdown_schedule(settings: Any, machine: "Machine") -> tuple[str, bool]:
 class AzureProvider(PulumiCloudProvider):
     cloud = "azure"
 
-    @cached_property
-    def conf(self) -> AzureSettings:
+    default_login = Login("azureuser")
+
+    def load_conf(self) -> AzureSettings:
         return azure_settings(self.settings)
 
-    @property
-    def clients(self) -> Clients:
-        if self._clients is None:
-            self._clients = Clients(self.conf)
-        return self._clients
+    def make_clients(self, conf: AzureSettings) -> Clients:
+        return Clients(conf)
+
+    def pins(self, image: str) -> Any:
+        return images.load_pins().get(image)
 
     def pin_for(self, image: str, region: str) -> str | None:
         return images.pin_for(image, region)
-
-    def login_for(self, image: str) -> Login:
-        pins = images.load_pins().get(image)
-        return Login(pins.ssh_user, pins.python) if pins else Login("azureuser")
-
-    def has_credentials(self) -> tuple[bool, str]:
-        return self.clients.has_credentials()
 
     def cloud_config(self, machine: "Machine") -> dict[str, Any]:
         login = self.login_for(machine.image)

@@ -1,13 +1,12 @@
 """The GCP provider: a machine is a Pulumi stack (stacks/gcp) made from a catalog offer; everything
 common to the clouds is in providers/cloud.py, the read path in readpath.py."""
 
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra import tags
 from deepops_infra.errors import UserError
 from deepops_infra.providers.base import Resource, Utilization
-from deepops_infra.providers.cloud import Login, PulumiCloudProvider, backstop_seconds
+from deepops_infra.providers.cloud import PulumiCloudProvider, backstop_seconds
 from deepops_infra.providers.cloudimages import summary
 from deepops_infra.providers.gcp import images, readpath
 from deepops_infra.providers.gcp.clients import Clients
@@ -24,25 +23,17 @@ GUEST_ACCELERATORS = {"T4": "nvidia-tesla-t4", "V100": "nvidia-tesla-v100", "P10
 class GcpProvider(PulumiCloudProvider):
     cloud = "gcp"
 
-    @cached_property
-    def conf(self) -> GcpSettings:
+    def load_conf(self) -> GcpSettings:
         return gcp_settings(self.settings)
 
-    @property
-    def clients(self) -> Clients:
-        if self._clients is None:
-            self._clients = Clients(self.conf)
-        return self._clients
+    def make_clients(self, conf: GcpSettings) -> Clients:
+        return Clients(conf)
+
+    def pins(self, image: str) -> Any:
+        return images.load_pins().get(image)
 
     def pin_for(self, image: str, region: str) -> str | None:
         return images.pin_for(image, region)
-
-    def login_for(self, image: str) -> Login:
-        pins = images.load_pins().get(image)
-        return Login(pins.ssh_user, pins.python) if pins else Login()
-
-    def has_credentials(self) -> tuple[bool, str]:
-        return self.clients.has_credentials()
 
     def cloud_config(self, machine: "Machine") -> dict[str, Any]:
         plan = machine.plan
