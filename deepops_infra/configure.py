@@ -36,8 +36,10 @@ def configure_host(
     workspace: str,
     progress: "Progress",
     pip_cache: str = "",
+    extra_vars: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the configure play on one host; returns the manifest of what is installed there."""
+    """Run the configure play on one host; returns the manifest of what is installed there.
+    `extra_vars`: the provider's own (the agent role's)."""
     from deepops_infra.ansible import run_playbook
 
     stamp = datetime.now(UTC).strftime("%H%M%S%f")
@@ -45,7 +47,7 @@ def configure_host(
         settings,
         "configure",
         [host],
-        pinned_env_vars(image, workspace, host.python, pip_cache),
+        pinned_env_vars(image, workspace, host.python, pip_cache) | (extra_vars or {}),
         ident=f"{machine_id}-configure-{stamp}",
         progress=progress,
     )

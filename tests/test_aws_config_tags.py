@@ -63,6 +63,7 @@ def test_aws_section_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("aws:\n  ssh_cidr: 0.0.0.0/0\n", r"opens SSH to everyone; set aws.allow_any_ssh"),
         ("aws:\n  endpoints: {s3: http://x}\n", r"aws.endpoints: a mapping of service -> URL"),
         ("aws:\n  regions: []\n", r"aws.regions: a list of region names"),
+        ("aws:\n  agent_metrics: no-thanks\n", r"config.yaml:2: aws.agent_metrics: true or false"),
     ],
 )
 def test_aws_section_errors_name_file_and_line(
@@ -110,3 +111,24 @@ def test_detected_address_becomes_a_slash_32(monkeypatch: pytest.MonkeyPatch) ->
             requester_cidr(None, url + "/bad")
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("text", "metrics", "namespace"),
+    [
+        ("", True, "DeepOps"),
+        ("agent:\n  sinks: [{type: cloudwatch, namespace: Research/GPU}]\n", True, "Research/GPU"),
+        ("aws:\n  agent_metrics: false\n", False, "DeepOps"),
+        ("agent:\n  enabled: false\n", False, "DeepOps"),  # no agent, no role for it
+    ],
+)
+def test_the_stack_gets_the_agents_namespace_and_whether_to_make_its_role(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, metrics: bool, namespace: str
+) -> None:
+    from deepops_infra.providers.aws.provider import AwsProvider
+
+    provider = AwsProvider(settings_with(tmp_path, monkeypatch, text), ledger=None)  # type: ignore[arg-type]
+    machine = SimpleNamespace(region="us-east-1", image_pin="ami-0f7c4a792e3fb63c8")
+    config = provider.cloud_config(machine)  # type: ignore[arg-type]
+    assert (config["agentMetrics"], config["metricsNamespace"]) == (metrics, namespace)
+    assert (config["aws:region"], config["ami"]) == ("us-east-1", "ami-0f7c4a792e3fb63c8")

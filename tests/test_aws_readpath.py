@@ -35,6 +35,8 @@ def clients(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clients]
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     yield Clients(AwsSettings(endpoint_url=moto_url))
+    # moto's servers in one process share their state: leave nothing for the next test file.
+    requests.post(f"{moto_url}/moto-api/reset", timeout=10)
 
 
 def launch(clients: Clients, region: str, tags: dict[str, str], count: int = 1) -> list[str]:

@@ -102,9 +102,17 @@ def test_instance_from_the_plan_with_imdsv2_encrypted_gp3_and_terminate_on_shutd
 def test_every_taggable_resource_carries_the_design_tags() -> None:
     mocks, _ = run_program(BASE)
     types = sorted(r.typ for r in mocks.resources)
-    assert types == ["aws:ec2/instance:Instance", "aws:ec2/keyPair:KeyPair", "aws:ec2/securityGroup:SecurityGroup"]
+    assert types == [
+        "aws:ec2/instance:Instance",
+        "aws:ec2/keyPair:KeyPair",
+        "aws:ec2/securityGroup:SecurityGroup",
+        "aws:iam/instanceProfile:InstanceProfile",
+        "aws:iam/role:Role",
+        "aws:iam/rolePolicy:RolePolicy",  # IAM inline policies take no tags
+    ]
     for resource in mocks.resources:
-        assert resource.inputs["tags"] == TAGS, resource.typ
+        if resource.typ != "aws:iam/rolePolicy:RolePolicy":
+            assert resource.inputs["tags"] == TAGS, resource.typ
     [inst] = by_type(mocks, "aws:ec2/instance:Instance")
     assert inst.inputs["rootBlockDevice"]["tags"] == TAGS  # the volume too
 
@@ -136,3 +144,45 @@ def test_spot_goes_through_instance_market_options() -> None:
 def test_an_open_ssh_cidr_is_refused_unless_meant() -> None:
     with pytest.raises(Exception, match="whole internet"):
         run_program(BASE | {"sshCidr": "0.0.0.0/0"})
+
+
+def policy_of(mocks: Recorder) -> dict[str, Any]:
+    [policy] = by_type(mocks, "aws:iam/rolePolicy:RolePolicy")
+    return dict(json.loads(policy.inputs["policy"]))
+
+
+def test_the_agent_role_may_only_put_metrics_into_its_namespace_and_only_ec2_assumes_it() -> None:
+    mocks, _ = run_program(BASE)
+    [role] = by_type(mocks, "aws:iam/role:Role")
+    assert role.inputs["name"] == "deepops-m-0a1b2c3d"
+    assert json.loads(role.inputs["assumeRolePolicy"])["Statement"] == [
+        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ]
+    [policy] = by_type(mocks, "aws:iam/rolePolicy:RolePolicy")
+    assert policy.inputs["role"] == "m-0a1b2c3d-role-id"
+    assert policy_of(mocks)["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": "cloudwatch:PutMetricData",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"cloudwatch:namespace": "DeepOps"}},
+        }
+    ]
+    assert not by_type(mocks, "aws:iam/rolePolicyAttachment:RolePolicyAttachment")  # no managed policy (SSM, S3)
+    [profile] = by_type(mocks, "aws:iam/instanceProfile:InstanceProfile")
+    assert (profile.inputs["name"], profile.inputs["role"]) == ("deepops-m-0a1b2c3d", "deepops-m-0a1b2c3d")
+    [inst] = by_type(mocks, "aws:ec2/instance:Instance")
+    assert inst.inputs["iamInstanceProfile"] == "deepops-m-0a1b2c3d"
+
+
+def test_the_configured_namespace_is_the_one_allowed() -> None:
+    mocks, _ = run_program(BASE | {"metricsNamespace": "Research/GPU"})
+    [statement] = policy_of(mocks)["Statement"]
+    assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Research/GPU"}}
+
+
+def test_without_agent_metrics_no_iam_is_declared() -> None:
+    mocks, _ = run_program(BASE | {"agentMetrics": False})
+    assert not [r for r in mocks.resources if r.typ.startswith("aws:iam/")]
+    [inst] = by_type(mocks, "aws:ec2/instance:Instance")
+    assert "iamInstanceProfile" not in inst.inputs

@@ -13,7 +13,7 @@ from deepops_infra import states
 from deepops_infra.engine import Backend, Engine
 from deepops_infra.ledger import store
 from deepops_infra.ledger.db import Ledger
-from deepops_infra.ledger.schema import Machine, UtilizationSample
+from deepops_infra.ledger.schema import Machine, ReaperAction, UtilizationSample
 from deepops_infra.providers.aws import readpath
 from deepops_infra.providers.aws.clients import Clients
 from deepops_infra.providers.aws.provider import AwsProvider
@@ -79,6 +79,7 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[tu
         monkeypatch.delenv(var, raising=False)
     settings = settings_for(tmp_path, f"aws:\n  regions: [{REGION}, us-west-2]\n  endpoint_url: {moto_url}\n")
     yield settings, Clients(AwsSettings(endpoint_url=moto_url, regions=(REGION, "us-west-2")))
+    requests.post(f"{moto_url}/moto-api/reset", timeout=10)  # moto's state is shared in-process
 
 
 def run_instance(clients: Clients, tags: dict[str, str]) -> str:
@@ -105,13 +106,19 @@ def gpu_samples(clients: Clients, instance_id: str, percent: float) -> None:
     )
 
 
-def test_only_the_right_instances_are_acted_on(aws, ledger_url):
+def _setup(aws, ledger_url):  # type: ignore[no-untyped-def]
+    """The AWS provider over moto with a fake engine backend, and this installation's ID."""
     settings, clients = aws
     ledger = Ledger(ledger_url)
     backend = InstanceBackend(clients)
     provider = AwsProvider(settings, ledger, engine=Engine(backend), clients=clients)
     with ledger.write() as session:
         inst = store.installation_id(session)
+    return settings, clients, ledger, backend, provider, inst
+
+
+def test_only_the_right_instances_are_acted_on(aws, ledger_url):
+    settings, clients, ledger, backend, provider, inst = _setup(aws, ledger_url)
 
     def machine(**kw: Any) -> tuple[str, str]:
         protect = kw.pop("protect", False)
@@ -181,3 +188,75 @@ def test_only_the_right_instances_are_acted_on(aws, ledger_url):
         assert store.find_machine(session, protected).ended_at is None
         live_samples = session.scalars(select(UtilizationSample).where(UtilizationSample.machine_id == live)).all()
     assert [s.active for s in live_samples] == [True, True] and live_samples[0].gpu_util_percent == 88.0
+    with ledger.read() as session:
+        traces = session.scalars(select(ReaperAction)).all()
+    # The orphan had no ledger row (no machine to hang an event on): its removal is still recorded.
+    assert [(t.resource_id, t.machine_tag, t.action, t.reason, t.outcome) for t in traces] == [
+        (orphan_i, "m-0rphan00", "terminate-orphan", "orphan", "done")
+    ]
+    assert traces[0].location.startswith(REGION) and traces[0].data["tags"]["deepops-installation"] == inst
+
+
+def agent_metrics(clients: Clients, machine_id: str, *, idle_seconds: float) -> None:
+    """What the machine's deepops-agent publishes every minute (namespace DeepOps, by MachineId)."""
+    now = datetime.now(UTC)
+    dims = [{"Name": "MachineId", "Value": machine_id}]
+    data = [("Active", 0.0 if idle_seconds else 1.0), ("IdleSeconds", idle_seconds), ("GPUUtilization", 1.0)]
+    clients.cloudwatch(REGION).put_metric_data(
+        Namespace="DeepOps",
+        MetricData=[
+            {"MetricName": name, "Dimensions": dims, "Value": value, "Timestamp": now - timedelta(minutes=1)}
+            for name, value in data
+        ],
+    )
+
+
+def test_the_reaper_reads_every_machines_agent_in_one_batch(aws, ledger_url):
+    """Busy agents keep their machines, an idle agent's machine is warned then ended, a machine
+    with only CloudWatch-agent metrics is read through the fallback, a silent one is unknown
+    (kept); all of it in one GetMetricData per pass, however many machines."""
+    settings, clients, ledger, backend, provider, inst = _setup(aws, ledger_url)
+
+    def machine() -> str:
+        mid = add_machine(ledger, cloud="aws", age=timedelta(hours=3), idle_timeout=timedelta(minutes=30))
+        iid = run_instance(clients, {"deepops-managed": "true", "deepops-installation": inst, "deepops-machine": mid})
+        backend.stacks[mid] = {"instance": iid}
+        with ledger.write() as session:
+            row = session.get(Machine, mid)
+            row.region, row.provider_refs = REGION, {"created": True, "instance_id": iid}
+        return mid
+
+    busy = [machine() for _ in range(10)]
+    idle, fallback, silent = machine(), machine(), machine()
+    for mid in busy:
+        agent_metrics(clients, mid, idle_seconds=0)
+    agent_metrics(clients, idle, idle_seconds=3 * 3600)
+    gpu_samples(clients, backend.stacks[fallback]["instance"], 70.0)
+    gets: list[dict[str, Any]] = []
+    clients.cloudwatch(REGION).meta.events.register(
+        "provide-client-params.cloudwatch.GetMetricData", lambda params, **_: gets.append(dict(params))
+    )
+    reaper = Reaper(settings, ledger, {"aws": provider}, ReaperSettings(grace=timedelta(0)))
+
+    dry = reaper.run(dry_run=True)
+    assert [(a.machine_id, a.kind, a.reason) for a in dry.actions] == [(idle, "warn", "idle")]
+    assert len(gets) == 2  # the agents' batch (13 machines, 52 queries), then the CWAgent fallback's
+    assert len(gets[0]["MetricDataQueries"]) == 4 * 13 and len(gets[1]["MetricDataQueries"]) == 2
+
+    reaper.run()
+    second = reaper.run()
+    assert [(a.machine_id, a.kind) for a in second.actions if a.outcome == "done"] == [(idle, "teardown")]
+    assert backend.destroyed == [idle]
+    with ledger.read() as session:
+        samples = session.scalars(select(UtilizationSample).where(UtilizationSample.machine_id.in_(busy))).all()
+        kept = {mid: store.find_machine(session, mid).ended_at for mid in [*busy, fallback, silent]}
+        fallback_sample = session.scalars(
+            select(UtilizationSample).where(UtilizationSample.machine_id == fallback)
+        ).first()
+    assert set(kept.values()) == {None}
+    assert {(s.source, s.active) for s in samples} == {("agent", True)}
+    assert (fallback_sample.source, fallback_sample.active, fallback_sample.gpu_util_percent) == (
+        "provider",
+        True,
+        70.0,
+    )

@@ -273,3 +273,25 @@ def test_a_team_over_a_stopping_budget_is_warned_then_ended(tmp_path, ledger_url
         f"budget:team:cv:{datetime.now(UTC):%Y-%m}:100",
     }
     assert any("spent" in (r or "") and "budget" in (r or "") for r in reasons)
+
+
+def test_a_reading_that_fails_counts_as_active_and_is_reported(tmp_path, ledger_url):
+    """The default utilization_many reads machine by machine: one that raises is unknown (kept,
+    reported as a cycle error), and the others are still read and acted on."""
+    ledger = Ledger(ledger_url)
+
+    class Broken(FakeProvider):
+        def utilization(self, machine):  # type: ignore[no-untyped-def]
+            if machine.id == broken:
+                raise OSError("agent unreachable")
+            return super().utilization(machine)
+
+    fake = Broken()
+    broken = add_machine(ledger, age=timedelta(hours=5), idle_timeout=timedelta(minutes=30))
+    idle = add_machine(ledger, age=timedelta(hours=5), idle_timeout=timedelta(minutes=30))
+    for mid in (broken, idle):
+        fake.add(mid, ours(ledger, **{"deepops-machine": mid}))
+        fake.util[mid] = idle_for(2)
+    report = Reaper(settings_for(tmp_path), ledger, {"fake": fake}, ReaperSettings()).run(dry_run=True)
+    assert [(a.machine_id, a.kind, a.reason) for a in report.actions] == [(idle, "warn", "idle")]
+    assert report.errors == [f"{broken}: utilization: OSError: agent unreachable"]

@@ -240,7 +240,12 @@ class Agent:
         self.nvml: Nvml | None = None
         self.nvml_failed = False
         self.last_publish = 0.0
-        self.sinks = [make_sink(spec, config) for spec in config.get("sinks") or []]
+        self.sinks = []
+        for spec in config.get("sinks") or []:
+            try:
+                self.sinks.append(make_sink(spec, config))
+            except ImportError as exc:  # e.g. no boto3 on the image: report, never stop sampling
+                log(f"not publishing to {spec.get('type')}: {exc}")
         self.ended: dict[str, Any] | None = None
 
     # paths

@@ -16,15 +16,23 @@ agent:
 """
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepops_infra.config import Settings
 from deepops_infra.durations import parse_duration
 from deepops_infra.yamlfile import FileError, Mapping
 
+if TYPE_CHECKING:
+    from deepops_infra.ledger.schema import Machine
+
 AGENT_SOURCE = Path(__file__).with_name("deepops_agent.py")
+CLOUDWATCH_NAMESPACE = "DeepOps"  # the agent's default (deepops_agent.cloudwatch_sink)
+CLOUD_STATE_DIR = "/var/lib/deepops-agent"  # the systemd unit's state on a cloud machine
+# The dead-man switch on a cloud machine: clouds create instances that terminate on shutdown
+# (AWS instance_initiated_shutdown_behavior=terminate), so this ends the billing.
+CLOUD_SHUTDOWN = ["shutdown", "-h", "now"]
 
 
 def parse_section(settings: Settings, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +91,13 @@ class AgentSettings:
                 raise FileError(path, line, "agent.sinks: each needs a `type`; known types: cloudwatch")
         return cls(**values)
 
+    def cloudwatch_namespace(self) -> str:
+        """Where agents publish on AWS, and so where the reaper reads them."""
+        for sink in self.sinks:
+            if sink.get("type") == "cloudwatch":
+                return str(sink.get("namespace") or CLOUDWATCH_NAMESPACE)
+        return CLOUDWATCH_NAMESPACE
+
     def machine_config(
         self,
         *,
@@ -114,3 +129,37 @@ class AgentSettings:
             "cpu_busy_percent": self.cpu_busy_percent,
             "sinks": self.sinks,
         }
+
+    def role_vars(
+        self,
+        machine: "Machine",
+        installation_id: str,
+        *,
+        mode: str,
+        python: str,
+        state_dir: str = CLOUD_STATE_DIR,
+        workspace: str | None = None,
+        gpu_indexes: list[int] | None = None,
+        sinks: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """The agent role's variables for a machine being configured (every target calls this);
+        {} when agents are off. `sinks` replaces the configured ones (a cloud fills in its own)."""
+        if not self.enabled:
+            return {}
+        # The TTL counts from ready, a moment after this; the reaper's check-ins carry the exact expiry.
+        expires = datetime.now(UTC) + timedelta(seconds=int(machine.request["ttl"]))
+        config = self.machine_config(
+            machine_id=machine.id,
+            installation_id=installation_id,
+            mode=mode,
+            state_dir=state_dir,
+            expires_at=expires.isoformat(),
+            idle_timeout_seconds=int(machine.request.get("idle_timeout") or 3600),
+            workspace=workspace,
+            gpu_indexes=gpu_indexes,
+        )
+        if sinks is not None:
+            config["sinks"] = sinks
+        if mode == "cloud":
+            config["shutdown_command"] = CLOUD_SHUTDOWN
+        return {"agent_mode": mode, "agent_config": config, "agent_source": str(AGENT_SOURCE), "agent_python": python}

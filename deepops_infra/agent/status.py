@@ -6,6 +6,7 @@ machine is reported as such, so the reaper closes it without a warning.
 """
 
 import json
+import shlex
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,3 +67,13 @@ def from_status(text: str | None, now: datetime | None = None, stale_after: floa
         source="agent",
         signals=status.get("signals"),
     )
+
+
+def checkin_script(state_dir: str, sudo: bool = False) -> str:
+    """A shell command writing its stdin as <state_dir>/checkin.json, atomically (the agent never
+    reads half a file) and only where the agent's state directory exists. `sudo`: the directory
+    is root's (the systemd agent on a cloud machine)."""
+    quoted = shlex.quote(state_dir)
+    tmp, final = f"{quoted}/checkin.json.tmp", f"{quoted}/checkin.json"
+    script = f"[ ! -d {quoted} ] || {{ umask 077; cat > {tmp} && mv {tmp} {final}; }}"
+    return f"sudo -n sh -c {shlex.quote(script)}" if sudo else script

@@ -8,7 +8,7 @@ utilization. Anything above this file never imports a cloud SDK or Ansible.
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra.pricing import Price, decimal_text
@@ -74,6 +74,12 @@ class Utilization:
     source: str = "provider"
     signals: dict[str, Any] | None = None
     ended_by_agent: str | None = None  # the dead-man switch's reason, when it ended the machine
+    error: str | None = None  # reading failed (active is None); the reaper reports it as a cycle error
+
+    @classmethod
+    def unknown(cls, at: datetime, error: str | None = None, source: str = "provider") -> "Utilization":
+        """Nothing could be read: counts as active."""
+        return cls(at=at, gpu_percent=[], gpu_memory_percent=[], active=None, source=source, error=error)
 
 
 class ProvisionError(Exception):
@@ -123,6 +129,18 @@ class Provider(ABC):
     @abstractmethod
     def utilization(self, machine: "Machine") -> Utilization | None:
         """Latest utilization sample, or None when there is none."""
+
+    def utilization_many(self, machines: "list[Machine]") -> "dict[str, Utilization | None]":
+        """Utilization of many machines by ID, for one reaper cycle. A provider whose API reads
+        many at once overrides this; by default one utilization() each, and a reading that raises
+        becomes an unknown one (counts as active) carrying the error."""
+        readings: dict[str, Utilization | None] = {}
+        for machine in machines:
+            try:
+                readings[machine.id] = self.utilization(machine)
+            except Exception as exc:  # unreadable counts as active
+                readings[machine.id] = Utilization.unknown(datetime.now(UTC), f"{type(exc).__name__}: {exc}")
+        return readings
 
     @abstractmethod
     def shell_command(self, machine: "Machine", command: list[str] | None) -> list[str]:

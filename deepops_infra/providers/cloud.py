@@ -24,6 +24,7 @@ from deepops_infra.providers import access
 from deepops_infra.providers.base import Plan, Provider, ProvisionError
 
 if TYPE_CHECKING:
+    from deepops_infra.agent.settings import AgentSettings
     from deepops_infra.images import Image
     from deepops_infra.ledger.schema import Machine
     from deepops_infra.placement import Candidate
@@ -314,6 +315,49 @@ class PulumiCloudProvider(Provider):
         if done.returncode != 0:
             raise OperationError(f"preparing {workspace} on {host.address}: {' '.join(done.stderr.split())[:300]}")
 
+    # -- the agent ---------------------------------------------------------------------------
+
+    def agent_sinks(self, machine: "Machine", agent: "AgentSettings") -> list[dict[str, Any]]:
+        """Where this cloud's agents publish: the configured sinks this cloud can take (CloudWatch
+        is AWS's); a cloud with a metric service of its own overrides this."""
+        return [s for s in agent.sinks if s.get("type") != "cloudwatch"]
+
+    def agent_vars(self, machine: "Machine", host: Any) -> dict[str, Any]:
+        """The agent role's variables: a systemd unit with the machine's expiry, idle timeout and
+        grace, whose dead-man switch runs `shutdown -h now` (the instance terminates)."""
+        from deepops_infra.agent.settings import AgentSettings
+
+        agent = AgentSettings.load(self.settings)
+        return agent.role_vars(
+            machine,
+            self._installation_id(),
+            mode="cloud",
+            python=host.python,
+            sinks=self.agent_sinks(machine, agent),
+        )
+
+    def checkin(self, machine: "Machine", control: dict[str, Any]) -> None:
+        """Write the agent's checkin.json over SSH (with the machine's key, as root through sudo):
+        the control plane is alive, and the expiry after any `deepops extend`."""
+        import json
+        import subprocess
+        from pathlib import Path
+
+        from deepops_infra.agent.status import checkin_script
+
+        agent = (machine.manifest or {}).get("agent") or {}
+        refs = machine.provider_refs or {}
+        if not agent.get("state_dir") or not refs.get("key") or not Path(refs["key"]).exists():
+            return  # no agent there, or this control plane does not hold the machine's key
+        host = self._host(machine)
+        script = checkin_script(agent["state_dir"], sudo=host.user != "root")
+        argv = [*self._ssh(host), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", f"{host.user}@{host.address}"]
+        done = subprocess.run(
+            [*argv, script], input=json.dumps(control), capture_output=True, text=True, timeout=60, check=False
+        )
+        if done.returncode != 0:
+            raise OperationError(f"check-in on {host.address}: {' '.join(done.stderr.split())[:300]}")
+
     def configure(self, machine: "Machine", image: "Image", progress: Progress) -> dict[str, Any]:
         from deepops_infra.configure import configure_host
 
@@ -322,9 +366,12 @@ class PulumiCloudProvider(Provider):
         self.wait_for_ssh(host.address, host.port, self.ssh_wait_s())
         workspace = self.workspace(machine, host.user)
         self._prepare_workspace(machine, host, workspace)
-        manifest = configure_host(self.settings, machine.id, host, image, workspace, progress)
+        agent = self.agent_vars(machine, host)
+        manifest = configure_host(self.settings, machine.id, host, image, workspace, progress, extra_vars=agent)
         manifest["image_pin"] = machine.image_pin
         manifest["workspace"] = workspace
+        if agent:
+            manifest["agent"] = {"mode": agent["agent_mode"], "state_dir": agent["agent_config"]["state_dir"]}
         return manifest
 
     def validate(self, machine: "Machine", image: "Image", progress: Progress) -> dict[str, Any]:

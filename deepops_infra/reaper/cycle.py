@@ -29,7 +29,7 @@ from deepops_infra.costs.budgets import over_budget_teams
 from deepops_infra.errors import DeepopsError
 from deepops_infra.ledger import store
 from deepops_infra.ledger.db import Ledger
-from deepops_infra.ledger.schema import Event, Machine, Notification, UtilizationSample
+from deepops_infra.ledger.schema import Event, Machine, Notification, ReaperAction, UtilizationSample
 from deepops_infra.lifecycle import Lifecycle
 from deepops_infra.progress import QuietProgress
 from deepops_infra.providers.base import Provider, Resource, Utilization
@@ -191,6 +191,7 @@ class Reaper:
         seen, ours, gone = self._classify(found, installation, report)
         protected = {mid for mid, rs in ours.items() if any(guards.verdict(r, installation) == "protected" for r in rs)}
         actions += self._orphans(ours, protected, live, now, report)
+        to_evaluate = []
         for item in live.values():
             m = item.machine
             if m.cloud not in found:
@@ -201,6 +202,9 @@ class Reaper:
             if m.status in GHOST_STATES and m.id not in seen:
                 actions += self._ghost(item, gone.get(m.id), report)
                 continue
+            to_evaluate.append(item)
+        self._read_utilization(to_evaluate, now, report)
+        for item in to_evaluate:
             actions += self._evaluate(item, now, dry_run, report)
         self._cap(actions, len(live) + sum(1 for a in actions if a.kind == "terminate-orphan"), report)
         for action in actions:
@@ -346,20 +350,31 @@ class Reaper:
 
     # -- policies -----------------------------------------------------------------------------
 
+    def _read_utilization(self, items: list[_Live], now: datetime, report: Report) -> None:
+        """Every live machine's utilization, one utilization_many() per target (batched reads)."""
+        by_cloud: dict[str, list[_Live]] = defaultdict(list)
+        for item in items:
+            if item.machine.status in LIVE_STATES:
+                by_cloud[item.machine.cloud].append(item)
+        for cloud, group in by_cloud.items():
+            try:
+                readings = self.provider(cloud).utilization_many([x.machine for x in group])
+            except Exception as exc:  # unreadable counts as active
+                error = f"{type(exc).__name__}: {exc}"
+                readings = {x.machine.id: Utilization.unknown(now, error) for x in group}
+            for item in group:
+                item.utilization = readings.get(item.machine.id)
+                if item.utilization is not None and item.utilization.error:
+                    report.errors.append(f"{item.machine.id}: utilization: {item.utilization.error}")
+
     def _evaluate(self, item: _Live, now: datetime, dry_run: bool, report: Report) -> list[Action]:
         m = item.machine
         provider = self.provider(m.cloud)
-        if m.status in LIVE_STATES:
-            try:
-                item.utilization = provider.utilization(m)
-            except Exception as exc:  # unreadable counts as active
-                item.utilization = Utilization(at=now, gpu_percent=[], gpu_memory_percent=[], active=None)
-                report.errors.append(f"{m.id}: utilization: {type(exc).__name__}: {exc}")
-            if item.utilization is not None:
-                item.samples.append(self._sample_tuple(item, now))
-                if not dry_run:
-                    self._store_sample(item, now)
-                    self._checkin(provider, item, report)
+        if m.status in LIVE_STATES and item.utilization is not None:
+            item.samples.append(self._sample_tuple(item, now))
+            if not dry_run:
+                self._store_sample(item, now)
+                self._checkin(provider, item, report)
         policy = self.settings.config.policy_for(m.team)
         due = evaluate(item.facts, item.utilization, item.samples, now, policy, self.rs)
         return self._decide(item, due, now, report)
@@ -514,13 +529,7 @@ class Reaper:
 
     def _act(self, action: Action, live: dict[str, _Live]) -> None:
         if action.kind == "terminate-orphan":
-            assert action.resource is not None
-            self.provider(action.cloud).terminate_resource(action.resource)
-            if action.machine_id:
-                with self.ledger.write() as session:
-                    row = store.find_machine(session, action.machine_id)
-                    store.add_event(session, row, "reaper", f"orphan removed: {action.detail}", data=action.to_json())
-            action.outcome = "done"
+            self._terminate_orphan(action)
             return
         assert action.machine_id is not None
         row, stale = self._still_due(action, live[action.machine_id])
@@ -549,6 +558,44 @@ class Reaper:
             else:
                 lifecycle.down(row, reason)
             action.outcome = "done"
+
+    def _terminate_orphan(self, action: Action) -> None:
+        """Break-glass removal. An orphan of an ended machine gets an event on that machine; one
+        with no machine row at all is recorded in reaper_actions, whether it worked or not."""
+        resource = action.resource
+        assert resource is not None
+        try:
+            self.provider(action.cloud).terminate_resource(resource)
+        except (DeepopsError, NotImplementedError, OSError) as exc:
+            if not action.machine_id:
+                note = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self._record_unknown(action, resource, "failed", note)
+            raise
+        action.outcome = "done"
+        if action.machine_id:
+            with self.ledger.write() as session:
+                row = store.find_machine(session, action.machine_id)
+                store.add_event(session, row, "reaper", f"orphan removed: {action.detail}", data=action.to_json())
+        else:
+            self._record_unknown(action, resource, "done")
+
+    def _record_unknown(self, action: Action, resource: Resource, outcome: str, note: str | None = None) -> None:
+        data = {**action.to_json(), "outcome": outcome, "note": note, "tags": resource.tags}
+        with self.ledger.write() as session:
+            session.add(
+                ReaperAction(
+                    at=store.now(),
+                    cloud=resource.cloud,
+                    resource_id=resource.resource_id[:255],
+                    location=(resource.location or "")[:128] or None,
+                    machine_tag=(resource.machine_id or "")[:64] or None,
+                    action=action.kind,
+                    reason=action.reason,
+                    detail=action.detail if note is None else f"{action.detail}; failed: {note}",
+                    outcome=outcome,
+                    data=data,
+                )
+            )
 
     def _warn(self, action: Action, row: Machine) -> None:
         from deepops_infra.notify import send_once
@@ -581,7 +628,6 @@ class Reaper:
                 store.transition(session, fresh, states.TERMINATING, "reaper: resources found gone", at=at)
             if states.can_transition(fresh.status, states.TERMINATED):
                 store.transition(session, fresh, states.TERMINATED, "reaper: termination confirmed", at=at)
-            fresh.ended_at = at
-            store.close_usage(session, fresh, at)
+            store.end_machine(session, fresh, at)
             self.provider(fresh.cloud).release_reservation(session, fresh, at)
         action.outcome = "done"

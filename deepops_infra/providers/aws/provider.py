@@ -5,6 +5,7 @@ the stack only declares resources from its config. What every cloud shares (plan
 SSH, configure, destroy) is in providers/cloud.py; the read path is boto3 (readpath.py).
 """
 
+from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from deepops_infra.providers.base import Resource, Utilization
 from deepops_infra.providers.cloud import HOURS_PER_MONTH, PulumiCloudProvider, offer_price
 
 if TYPE_CHECKING:
+    from deepops_infra.agent.settings import AgentSettings
     from deepops_infra.ledger.schema import Machine
 
 __all__ = ["HOURS_PER_MONTH", "SSH_WAIT_S", "AwsProvider", "offer_price"]
@@ -51,10 +53,30 @@ class AwsProvider(PulumiCloudProvider):
         return pins_of(image)
 
     def cloud_config(self, machine: "Machine") -> dict[str, Any]:
-        return {"aws:region": machine.region, "ami": machine.image_pin}
+        """Region and AMI, and the instance's IAM: a role allowing PutMetricData into the namespace
+        the agent publishes to (and the reaper reads), unless `aws.agent_metrics: false` or no agent."""
+        from deepops_infra.agent.settings import AgentSettings
+
+        agent = AgentSettings.load(self.settings)
+        return {
+            "aws:region": machine.region,
+            "ami": machine.image_pin,
+            "agentMetrics": self.aws.agent_metrics and agent.enabled,
+            "metricsNamespace": agent.cloudwatch_namespace(),
+        }
 
     def refs_from(self, outputs: dict[str, Any]) -> dict[str, Any]:
         return {"instance_id": outputs.get("instance_id"), "availability_zone": outputs.get("availability_zone")}
+
+    def agent_sinks(self, machine: "Machine", agent: "AgentSettings") -> list[dict[str, Any]]:
+        """Agents on AWS publish to CloudWatch in the machine's region (namespace DeepOps unless
+        `agent.sinks` names another): what utilization_many reads. The instance's credentials come
+        from the stack's role (cloud_config's agentMetrics) and boto3 must be on the image; without
+        either the agent logs the failure and carries on."""
+        others = [s for s in agent.sinks if s.get("type") != "cloudwatch"]
+        configured = next((s for s in agent.sinks if s.get("type") == "cloudwatch"), {})
+        cloudwatch = {**configured, "type": "cloudwatch", "namespace": agent.cloudwatch_namespace()}
+        return [{**cloudwatch, "region": machine.region}, *others]
 
     # -- read path ---------------------------------------------------------------------------
 
@@ -62,10 +84,24 @@ class AwsProvider(PulumiCloudProvider):
         return readpath.discover(self.clients, self.regions(), self._installation_id())
 
     def utilization(self, machine: "Machine") -> Utilization | None:
-        instance_id = (machine.provider_refs or {}).get("instance_id")
-        if not instance_id or not machine.region:
-            return None
-        return readpath.utilization(self.clients, machine.region, instance_id)
+        return self.utilization_many([machine])[machine.id]
+
+    def utilization_many(self, machines: "list[Machine]") -> dict[str, Utilization | None]:
+        """Per region, one batched read of what the machines' agents published (CloudWatch)."""
+        from deepops_infra.agent.settings import AgentSettings
+
+        namespace = AgentSettings.load(self.settings).cloudwatch_namespace()
+        readings: dict[str, Utilization | None] = {}
+        by_region: dict[str, dict[str, str]] = defaultdict(dict)
+        for m in machines:
+            instance_id = (m.provider_refs or {}).get("instance_id")
+            if instance_id and m.region:
+                by_region[m.region][m.id] = instance_id
+            else:
+                readings[m.id] = None  # nothing was created: nothing to read
+        for region, instances in by_region.items():
+            readings |= readpath.utilization_many(self.clients, region, instances, namespace=namespace)
+        return readings
 
     def confirm_gone(self, machine: "Machine") -> datetime | None:
         """A ghost is closed only on EC2's word: the instance is terminated or unknown."""

@@ -12,6 +12,7 @@ aws:
   gp3_gb_month: 0.08                   # USD per GB-month of the root volume, priced into the machine
   ssh_user: ubuntu                     # login on the machine (default: the AMI's, from images/aws.lock.yaml)
   workspace_root: /opt/deepops         # where leases live on the machine (default: ~<ssh_user>/deepops)
+  agent_metrics: true                  # false: no IAM role for the agent's CloudWatch metrics (read as active)
 ```
 """
 
@@ -34,6 +35,7 @@ KNOWN = (
     "allow_any_ssh",
     "ip_detect_url",
     "gp3_gb_month",
+    "agent_metrics",
 )
 SERVICES = ("ec2", "cloudwatch", "pricing", "sts")
 
@@ -50,6 +52,7 @@ class AwsSettings:
     gp3_gb_month: Decimal = Decimal("0.08")
     ssh_user: str | None = None
     workspace_root: str | None = None
+    agent_metrics: bool = True
 
     def endpoint(self, service: str) -> str | None:
         return self.endpoints.get(service) or self.endpoint_url
@@ -82,7 +85,7 @@ def aws_settings(settings: Settings) -> AwsSettings:
                 values[key] = str(ipaddress.ip_network(str(value), strict=False))
             except ValueError:
                 raise bad(key, f"{value!r} is not a CIDR like 203.0.113.7/32") from None
-        elif key == "allow_any_ssh":
+        elif key in ("allow_any_ssh", "agent_metrics"):
             if not isinstance(value, bool):
                 raise bad(key, "true or false")
             values[key] = value

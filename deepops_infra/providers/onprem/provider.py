@@ -9,7 +9,7 @@ import json
 import os
 import shlex
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -281,26 +281,19 @@ class OnpremProvider(Provider):
 
     def _agent_vars(self, machine: Machine, host: PoolHost, workspace: str) -> dict[str, Any]:
         """The agent role's variables (configure installs and starts it in the lease)."""
-        from deepops_infra.agent.settings import AGENT_SOURCE, AgentSettings
+        from deepops_infra.agent.settings import AgentSettings
 
-        agent = AgentSettings.load(self.settings)
-        if not agent.enabled:
-            return {}
         with self.ledger.write() as session:
             installation = store.installation_id(session)
-        # The TTL counts from ready, a moment after this; the reaper's check-ins carry the exact expiry.
-        expires = datetime.now(UTC) + timedelta(seconds=int(machine.request["ttl"]))
-        config = agent.machine_config(
-            machine_id=machine.id,
-            installation_id=installation,
+        return AgentSettings.load(self.settings).role_vars(
+            machine,
+            installation,
             mode="onprem",
+            python=host.python,
             state_dir=f"{workspace}/.deepops/agent",
-            expires_at=expires.isoformat(),
-            idle_timeout_seconds=int(machine.request.get("idle_timeout") or 3600),
             workspace=workspace,
             gpu_indexes=list((machine.provider_refs or {}).get("gpu_indexes") or []),
         )
-        return {"agent_config": config, "agent_source": str(AGENT_SOURCE), "agent_python": host.python}
 
     def _ssh(self, host: PoolHost) -> list[str]:
         ssh = [
@@ -412,6 +405,8 @@ class OnpremProvider(Provider):
 
     def checkin(self, machine: Machine, control: dict[str, Any]) -> None:
         """Write the agent's checkin.json: the control plane is alive, and the current expiry."""
+        from deepops_infra.agent import status as agent_status
+
         state_dir = self._agent_dir(machine)
         if not state_dir:
             return
@@ -425,10 +420,7 @@ class OnpremProvider(Provider):
                 f.write(data)
             os.replace(tmp, f"{state_dir}/checkin.json")
             return
-        quoted = shlex.quote(state_dir)
-        tmp, final = f"{quoted}/checkin.json.tmp", f"{quoted}/checkin.json"
-        script = f"[ ! -d {quoted} ] || {{ umask 077; cat > {tmp} && mv {tmp} {final}; }}"
-        self._on_host(host, ["sh", "-c", script], stdin=data)
+        self._on_host(host, ["sh", "-c", agent_status.checkin_script(state_dir)], stdin=data)
 
     def utilization(self, machine: Machine) -> Utilization | None:
         """The agent's status where the lease has an agent; else a fresh nvidia-smi reading."""
