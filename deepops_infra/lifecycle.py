@@ -138,8 +138,17 @@ class Lifecycle:
                 setattr(row, key, value)
                 setattr(machine, key, value)
 
-    def launch(self, machine: Machine, image: Image, keep_on_failure: bool = False) -> Machine:
-        """Take a recorded machine to ready; on any failure it ends `failed` and is torn down."""
+    def fallbacks(self, machine_id: str) -> list[Plan]:
+        """The next offers `record` kept for a machine (taken: a launch elsewhere gets them)."""
+        return self._fallbacks.pop(machine_id, [])
+
+    def launch(
+        self, machine: Machine, image: Image, keep_on_failure: bool = False, fallbacks: list[Plan] | None = None
+    ) -> Machine:
+        """Take a recorded machine to ready; on any failure it ends `failed` and is torn down.
+        `fallbacks`: the offers to try on a capacity error when another process recorded it."""
+        if fallbacks is not None:
+            self._fallbacks[machine.id] = list(fallbacks)
         created = False
         try:
             with self.progress.step(f"provisioning {machine.id} on {machine.host or machine.region}"):
@@ -281,8 +290,7 @@ class Lifecycle:
                 store.transition(session, row, states.TERMINATED, reason, at=at)
             else:
                 store.add_event(session, row, "teardown", reason + ": resources confirmed gone", at=at)
-            row.ended_at = at
-            store.close_usage(session, row, at)
+            store.end_machine(session, row, at)
             self.provider.release_reservation(session, row, at)
             machine.status, machine.ended_at = row.status, at
 

@@ -1,7 +1,7 @@
 """Hourly prices frozen at launch, and what a stretch of time costs at them."""
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -25,10 +25,34 @@ def onprem_price(host_hour: float, gpu_hour: float, gpus: int) -> Price:
     return Price(per_hour=host + gpu * gpus, parts={"host_hour": str(host), "gpu_hour": str(gpu), "gpus": gpus})
 
 
+MICRO = 1_000_000  # micro-dollars per dollar, microseconds per second
+HOUR_US = 3_600_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def price_micro(per_hour: Decimal) -> int:
+    """An hourly price (6 decimals at most, as the ledger stores it) in micro-dollars per hour."""
+    return int((Decimal(per_hour) * MICRO).to_integral_value(ROUND_HALF_UP))
+
+
+def epoch_us(at: datetime) -> int:
+    """Microseconds since 1970 of an aware time: exact integer arithmetic, no float."""
+    delta = at - EPOCH
+    return (delta.days * 86400 + delta.seconds) * MICRO + delta.microseconds
+
+
+def cost_micro(per_hour_micro: int, duration_us: int) -> int:
+    """What `duration_us` costs at `per_hour_micro`, half-up to the micro-dollar.
+
+    The one rounding rule of the tool; costs/query.py writes the same arithmetic in SQL."""
+    duration_us = max(duration_us, 0)
+    return (per_hour_micro * duration_us * 2 + HOUR_US) // (2 * HOUR_US)
+
+
 def cost(per_hour: Decimal, start: datetime, end: datetime) -> Decimal:
     """Exact cost of [start, end) at an hourly price (to the micro-dollar)."""
-    seconds = Decimal(max((end - start) / timedelta(microseconds=1), 0)) / Decimal(1_000_000)
-    return (per_hour * seconds / Decimal(3600)).quantize(Decimal("0.000001"), ROUND_HALF_UP)
+    micro = cost_micro(price_micro(per_hour), epoch_us(end) - epoch_us(start))
+    return Decimal(micro).scaleb(-6).quantize(Decimal("0.000001"))
 
 
 def dollars(amount: Decimal) -> str:

@@ -199,16 +199,12 @@ def send_alerts(settings: Settings, ledger: Any, config: BudgetConfig, statuses:
 
 def month_spend(session: Any, dialect: str, team: str, now: datetime) -> Decimal:
     """A team's cost this UTC month, inside the caller's transaction (for the refusal rule)."""
-    from sqlalchemy import func, select
-
     from deepops_infra.costs import query
     from deepops_infra.costs.report import dollars_of
 
     period = Period.current_month(now)
     window = query.Window(query.to_us(period.start), query.to_us(now), query.to_us(now), 0)
-    pc = query.pieces(dialect, period.start, period.end, window, None, team=team)
-    total = session.execute(select(func.sum(query.micro_cost(pc.c.price, pc.c.cost_us))).where(pc.c.kind == 0)).scalar()
-    return dollars_of(total)
+    return dollars_of(query.team_spend(session, dialect, window, team))
 
 
 def check_team_budget(config: Config, session: Any, team: str, now: datetime | None = None) -> None:

@@ -113,10 +113,10 @@ def _row(keys: dict[str, str], r: Any) -> Row:
     return Row(
         keys=keys,
         cost_micro=int(r.cost_micro or 0),
-        gpu_us=int(r.gpu_s or 0) * query.US + int(r.gpu_us or 0),
+        gpu_us=int(r.gpu_us or 0),
         idle_micro=int(r.idle_micro or 0),
-        idle_gpu_us=int(r.idle_gpu_s or 0) * query.US + int(r.idle_gpu_us or 0),
-        machines=int(getattr(r, "machines", 0) or 0),
+        idle_gpu_us=int(r.idle_gpu_us or 0),
+        machines=int(r.machines or 0),
         running=int(r.running or 0),
         burn_micro=int(r.burn_micro or 0),
         proj_micro=int(r.proj_micro or 0),
@@ -164,14 +164,8 @@ def build(
     window, forecast_to = _window(period, now)
     dialect = ledger.dialect
     with ledger.read() as session:
-        pc = query.pieces(dialect, period.start, period.end, window, None, by)
-        sqlite = dialect == "sqlite"
-        result = query.aggregate(session, by, pc, count_machines=sqlite)
+        result = query.aggregate(session, dialect, window, by)
         rows = [_row({name: str(getattr(r, name)) for name in by}, r) for r in result]
-        if not sqlite:  # PostgreSQL: a DISTINCT aggregate would turn hashing into sorting every piece
-            counts = query.machine_counts(session, by, period.start, min(period.end, now))
-            for row in rows:
-                row.machines = counts.get(tuple(row.keys[name] for name in by), 0)
         rows.sort(key=lambda r: (-r.cost_micro, *r.keys.values()))
         total = Row(keys={})
         for row in rows:
@@ -184,18 +178,16 @@ def build(
 
 def _details(session: Any, dialect: str, report: Report, window: query.Window, top: int) -> None:
     period = report.period
-    days = [d for d in period.days() if d[0] < (datetime.fromtimestamp(window.end_us / query.US, UTC))]
+    days = [d for d in period.days() if query.to_us(d[0]) < window.end_us]
     if days:
-        buckets = [(query.to_us(a), min(query.to_us(b), window.end_us)) for a, b in days]
-        pc = query.pieces(dialect, period.start, period.end, window, buckets, ["team"])
+        origin = days[0][0].replace(hour=0, minute=0, second=0, microsecond=0)
+        grid = query.Buckets(query.to_us(origin), 86_400 * query.US, len(days))
         per_day: dict[int, dict[str, Decimal]] = {}
-        for r in query.aggregate(session, ["team"], pc, per_bucket=True):
+        for r in query.aggregate(session, dialect, window, ["team"], buckets=grid):
             per_day.setdefault(int(r.bucket), {})[str(r.team)] = dollars_of(r.cost_micro)
         report.series = [(start, per_day.get(i, {})) for i, (start, _) in enumerate(days)]
-    pc = query.pieces(dialect, period.start, period.end, window, None, ["machine"])
-    machines = [_row({"machine": str(r.machine)}, r) for r in query.aggregate(session, ["machine"], pc)]
-    machines.sort(key=lambda r: -r.cost_micro)
-    chosen = machines[:top]
+    costliest = query.aggregate(session, dialect, window, ["machine"], top=top)
+    chosen = [_row({"machine": str(r.machine)}, r) for r in costliest]
     if chosen:
         from sqlalchemy import select
 
@@ -228,6 +220,5 @@ def _details(session: Any, dialect: str, report: Report, window: query.Window, t
     if report.by == ["team"]:
         report.idle_by_team = sorted(report.rows, key=lambda r: -r.idle_micro)
         return
-    pc = query.pieces(dialect, period.start, period.end, window, None, ["team"])
-    idle = [_row({"team": str(r.team)}, r) for r in query.aggregate(session, ["team"], pc)]
+    idle = [_row({"team": str(r.team)}, r) for r in query.aggregate(session, dialect, window, ["team"])]
     report.idle_by_team = sorted(idle, key=lambda r: -r.idle_micro)

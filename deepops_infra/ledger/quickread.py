@@ -14,7 +14,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from deepops_infra.ledger import HEAD_REVISION
-from deepops_infra.pricing import cost
+from deepops_infra.pricing import cost_micro, epoch_us
+
+MICRO_DOLLAR = Decimal("0.000001")
 
 COLUMNS = (
     "id",
@@ -48,7 +50,7 @@ def _connect(url: str) -> tuple[Any, str] | None:
 
         path = url.removeprefix("sqlite:///")
         try:
-            return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30), "?"
+            return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False), "?"
         except sqlite3.Error:
             return None
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
@@ -57,7 +59,9 @@ def _connect(url: str) -> tuple[Any, str] | None:
                 import psycopg
             except ImportError:
                 return None
-            return psycopg.connect("postgresql://" + url.removeprefix(prefix), connect_timeout=10), "%s"
+            # autocommit: each read its own snapshot, no transaction left open on a kept connection
+            conninfo = "postgresql://" + url.removeprefix(prefix)
+            return psycopg.connect(conninfo, connect_timeout=10, autocommit=True), "%s"
     return None
 
 
@@ -73,47 +77,72 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def list_machines(
-    url: str, include_ended: bool, owner: str | None, at: datetime
-) -> list[tuple[SimpleNamespace, Decimal]] | None:
-    """Machines with their cost so far, oldest first; None when this path cannot serve the ledger."""
+def connect(url: str) -> tuple[Any, str] | None:
+    """A driver connection and its parameter mark, when this path can serve the ledger at `url`
+    (a database at HEAD_REVISION through sqlite3 or psycopg); else None."""
     opened = _connect(url)
     if opened is None:
         return None
     conn, mark = opened
     try:
         cur = conn.cursor()
-        try:
-            cur.execute("SELECT version_num FROM alembic_version")
-            if (cur.fetchone() or (None,))[0] != HEAD_REVISION:
-                return None
-        except Exception:
-            return None
-        where, params = [], []
-        if not include_ended:
-            where.append("ended_at IS NULL")
-        if owner:
-            where.append(f"owner = {mark}")
-            params.append(owner)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        cur.execute(f"SELECT {', '.join(COLUMNS)} FROM machines{clause} ORDER BY created_at", params)
-        machines = []
-        for row in cur.fetchall():
-            m = SimpleNamespace(**dict(zip(COLUMNS, row, strict=True)))
-            for name in _TIMES:
-                setattr(m, name, _time(getattr(m, name)))
-            m.request, m.plan = _json(m.request), _json(m.plan)
-            m.price_per_hour = Decimal(str(m.price_per_hour))
-            machines.append(m)
-        totals = {m.id: Decimal(0) for m in machines}
-        joined = f" JOIN machines m ON m.id = u.machine_id{clause.replace('ended_at', 'm.ended_at')}"
-        joined = joined.replace("owner =", "m.owner =")
-        cur.execute(
-            f"SELECT u.machine_id, u.started_at, u.ended_at, u.price_per_hour FROM usage_intervals u{joined}", params
-        )
-        for machine_id, start, end, price in cur.fetchall():
-            if machine_id in totals:
-                totals[machine_id] += cost(Decimal(str(price)), _time(start), _time(end) or at)
-        return [(m, totals[m.id]) for m in machines]
+        cur.execute("SELECT version_num FROM alembic_version")
+        if (cur.fetchone() or (None,))[0] == HEAD_REVISION:
+            return conn, mark
+    except Exception:
+        pass
+    conn.close()
+    return None
+
+
+def read_machines(
+    conn: Any, mark: str, at: datetime, *, include_ended: bool, where: dict[str, str] | None = None
+) -> list[tuple[SimpleNamespace, Decimal]]:
+    """Machines (oldest first) with their cost so far; `where`: column = value filters (owner, team)."""
+    clauses, params = [], []
+    if not include_ended:
+        clauses.append("m.ended_at IS NULL")
+    for column, value in (where or {}).items():
+        if column not in ("owner", "team"):
+            raise ValueError(f"no filter on {column}")
+        clauses.append(f"m.{column} = {mark}")
+        params.append(value)
+    clause = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    cur = conn.cursor()
+    cur.execute(f"SELECT {', '.join('m.' + c for c in COLUMNS)} FROM machines m{clause} ORDER BY m.created_at", params)
+    machines = []
+    for row in cur.fetchall():
+        m = SimpleNamespace(**dict(zip(COLUMNS, row, strict=True)))
+        for name in _TIMES:
+            setattr(m, name, _time(getattr(m, name)))
+        m.request, m.plan = _json(m.request), _json(m.plan)
+        m.price_per_hour = Decimal(str(m.price_per_hour))
+        machines.append(m)
+    if not machines:
+        return []
+    # Cost so far from the integer columns: a closed interval's stored cost, an open one priced to now.
+    now_us = epoch_us(at)
+    totals = dict.fromkeys((m.id for m in machines), 0)
+    cur.execute(
+        "SELECT u.machine_id, u.started_us, u.ended_us, u.price_micro, u.cost_micro"
+        f" FROM usage_intervals u JOIN machines m ON m.id = u.machine_id{clause}",
+        params,
+    )
+    for machine_id, started, ended, price, closed_cost in cur.fetchall():
+        if machine_id in totals:
+            totals[machine_id] += closed_cost if ended is not None else cost_micro(price, now_us - started)
+    return [(m, Decimal(totals[m.id]).scaleb(-6).quantize(MICRO_DOLLAR)) for m in machines]
+
+
+def list_machines(
+    url: str, include_ended: bool, owner: str | None, at: datetime
+) -> list[tuple[SimpleNamespace, Decimal]] | None:
+    """Machines with their cost so far, oldest first; None when this path cannot serve the ledger."""
+    opened = connect(url)
+    if opened is None:
+        return None
+    conn, mark = opened
+    try:
+        return read_machines(conn, mark, at, include_ended=include_ended, where={"owner": owner} if owner else None)
     finally:
         conn.close()

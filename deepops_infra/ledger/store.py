@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from deepops_infra.errors import NotFoundError
 from deepops_infra.ledger.schema import Event, GpuLease, Machine, UsageInterval
-from deepops_infra.pricing import cost
+from deepops_infra.pricing import cost, epoch_us
 from deepops_infra.states import can_transition
 
 
@@ -65,6 +65,9 @@ def transition(
 
 
 def open_usage(session: Session, machine: Machine, at: datetime) -> None:
+    started = epoch_us(at)
+    if machine.usage_from_us is None or started < machine.usage_from_us:
+        machine.usage_from_us = started
     session.add(
         UsageInterval(
             machine_id=machine.id,
@@ -81,6 +84,17 @@ def close_usage(session: Session, machine: Machine, at: datetime) -> None:
         select(UsageInterval).where(UsageInterval.machine_id == machine.id, UsageInterval.ended_at.is_(None))
     ):
         interval.ended_at = max(at, interval.started_at)
+
+
+def end_machine(session: Session, machine: Machine, at: datetime) -> None:
+    """The machine's resources are confirmed gone at `at`: close its usage and its totals."""
+    from deepops_infra.costs.query import finalize
+
+    machine.ended_at = at
+    close_usage(session, machine, at)
+    session.flush()
+    finalize(session, session.get_bind().dialect.name, [machine.id], epoch_us(at))
+    session.refresh(machine)
 
 
 def find_machine(session: Session, ref: str, *, for_update: bool = False) -> Machine:

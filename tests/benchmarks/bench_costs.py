@@ -55,6 +55,27 @@ def rows(intervals: int, seed: int = 7):
     return machines, ivs, samples
 
 
+def integers(start: datetime, end: datetime, price: float) -> tuple[int, int, int, int]:
+    """The integer columns the ledger derives on every write (schema.UsageInterval)."""
+    from decimal import Decimal
+
+    from deepops_infra.pricing import cost_micro, epoch_us, price_micro
+
+    s_us, e_us, p_micro = epoch_us(start), epoch_us(end), price_micro(Decimal(str(price)))
+    return s_us, e_us, p_micro, cost_micro(p_micro, e_us - s_us)
+
+
+def close_totals(url: str) -> None:
+    """What the ledger does when each machine ends (store.end_machine), for every machine at once."""
+    from deepops_infra.costs.query import finalize
+    from deepops_infra.ledger.db import Ledger
+
+    ledger = Ledger(url)
+    with ledger.write() as session:
+        finalize(session, ledger.dialect, None)
+    ledger.close()
+
+
 def fill_sqlite(path: Path, intervals: int) -> None:
     import sqlite3
 
@@ -72,14 +93,18 @@ def fill_sqlite(path: Path, intervals: int) -> None:
         [(m, t, g, p, s.strftime(fmt), e.strftime(fmt), e.strftime(fmt)) for m, t, g, p, s, e in machines],
     )
     con.executemany(
-        "INSERT INTO usage_intervals (machine_id, started_at, ended_at, price_per_hour, gpu_count) VALUES (?,?,?,?,?)",
-        [(m, s.strftime(fmt), e.strftime(fmt), p, g) for m, s, e, p, g in ivs],
+        "INSERT INTO usage_intervals (machine_id, started_at, ended_at, price_per_hour, gpu_count,"
+        " started_us, ended_us, price_micro, cost_micro) VALUES (?,?,?,?,?,?,?,?,?)",
+        [(m, s.strftime(fmt), e.strftime(fmt), p, g, *integers(s, e, p)) for m, s, e, p, g in ivs],
     )
     con.executemany(
         "INSERT INTO utilization_samples (machine_id, at, interval_seconds, source, active) VALUES (?,?,?,'agent',?)",
         [(m, a.strftime(fmt), i, act) for m, a, i, act in samples],
     )
     con.commit()
+    con.close()
+    close_totals(f"sqlite:///{path}")
+    con = sqlite3.connect(path)
     con.execute("ANALYZE")
     con.close()
 
@@ -101,14 +126,17 @@ def fill_pg(url: str, intervals: int) -> None:
                     (m, "terminated", "onprem", "user", t, "proj", "img", "A100", g, "{}", "{}", "{}", p, "{}", s, e, e)
                 )
         with cur.copy(
-            "COPY usage_intervals (machine_id, started_at, ended_at, price_per_hour, gpu_count) FROM STDIN"
+            "COPY usage_intervals (machine_id, started_at, ended_at, price_per_hour, gpu_count,"
+            " started_us, ended_us, price_micro, cost_micro) FROM STDIN"
         ) as copy:
-            for row in ivs:
-                copy.write_row(row)
+            for m, s, e, p, g in ivs:
+                copy.write_row((m, s, e, p, g, *integers(s, e, p)))
         with cur.copy("COPY utilization_samples (machine_id, at, interval_seconds, source, active) FROM STDIN") as copy:
             for m, a, i, act in samples:
                 copy.write_row((m, a, i, "agent", act))
-        cur.execute("ANALYZE")
+    close_totals(url)
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as con:
+        con.execute("ANALYZE")
 
 
 def run_child(env: dict[str, str], args: list[str]) -> tuple[float, float, int, str]:
