@@ -139,10 +139,9 @@ def _machine(data: dict[str, Any]) -> SimpleNamespace:
 
 
 def up(body: dict[str, Any], like: str | None, keep_on_failure: bool, json_out: bool, dry_run: bool) -> None:
-    if like or keep_on_failure:
-        raise UserError(f"{'--like' if like else '--keep-on-failure'} is not offered by the team server; drop it")
     client, poll = Client.from_env(), 1.0
-    created = client.call("POST", "/machines", {k: v for k, v in body.items() if v is not None} | {"dry_run": dry_run})
+    extra = {"like": like, "keep_on_failure": keep_on_failure or None, "dry_run": dry_run}
+    created = client.call("POST", "/machines", {k: v for k, v in (body | extra).items() if v is not None})
     if dry_run:
         plan = created["plan"]
         if json_out:

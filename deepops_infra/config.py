@@ -1,7 +1,8 @@
 """Where state lives and what IT has configured.
 
 Everything local lives under `$DEEPOPS_HOME` (default `~/.deepops`): the SQLite ledger, the
-configuration file, the on-prem pool file, Ansible's scratch files and the localhost workspaces.
+configuration file, the on-prem pool file, the team policies managed through the API and the CLI
+(`policy.yaml`, see policy_file.py), Ansible's scratch files and the localhost workspaces.
 `DEEPOPS_LEDGER_URL` moves the ledger to PostgreSQL; `DEEPOPS_CONFIG` and `DEEPOPS_POOL` move
 the two files.
 """
@@ -60,6 +61,9 @@ class Config:
     ledger_url: str | None = None
     pool_file: Path | None = None
     sections: dict[str, Any] = field(default_factory=dict)
+    policy_file: Path | None = None
+    # Where each of team_policies is defined: (file, line), config.yaml or policy.yaml.
+    team_origins: dict[str, tuple[Path, int]] = field(default_factory=dict)
 
     def policy_for(self, team: str) -> TeamPolicy:
         return self.team_policies.get(team, self.default_policy)
@@ -148,12 +152,12 @@ def parse_config(raw: Any, path: Path) -> Config:
         return Config(path=path)
     if not isinstance(raw, Mapping):
         raise FileError(path, 1, "the configuration must be a mapping")
-    known = {"defaults", "policy", "ledger_url", "pool_file", *SECTIONS}
+    known = {"defaults", "policy", "ledger_url", "pool_file", "policy_file", *SECTIONS}
     for key in raw:
         if key not in known:
             raise FileError(path, raw.line_of(key), f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
     defaults = _defaults(raw["defaults"], path, raw.line_of("defaults")) if "defaults" in raw else Defaults()
-    default_policy, teams = TeamPolicy(), {}
+    default_policy, teams, team_map = TeamPolicy(), {}, Mapping()
     if "policy" in raw:
         pol = raw["policy"]
         if not isinstance(pol, Mapping):
@@ -168,6 +172,7 @@ def parse_config(raw: Any, path: Path) -> Config:
             for name, rules in team_map.items()
         }
     pool_file = Path(os.path.expanduser(raw["pool_file"])) if raw.get("pool_file") else None
+    policy_file = Path(os.path.expanduser(raw["policy_file"])) if raw.get("policy_file") else None
     return Config(
         path=path,
         defaults=defaults,
@@ -176,6 +181,8 @@ def parse_config(raw: Any, path: Path) -> Config:
         ledger_url=raw.get("ledger_url"),
         pool_file=pool_file,
         sections={name: raw[name] for name in SECTIONS if name in raw},
+        policy_file=policy_file,
+        team_origins={name: (path, team_map.line_of(name)) for name in teams},
     )
 
 
@@ -184,6 +191,7 @@ class Settings:
     """Resolved locations for this invocation (environment first, then the config file)."""
 
     home: Path
+    _merged: tuple[Any, Config] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -195,11 +203,28 @@ class Settings:
         return Path(os.environ.get("DEEPOPS_CONFIG") or self.home / "config.yaml")
 
     @cached_property
-    def config(self) -> Config:
+    def file_config(self) -> Config:
+        """config.yaml alone (read once; IT edits it by hand and nothing rewrites it)."""
         path = self.config_path
         if not path.exists():
             return Config(path=None)
         return parse_config(load_yaml(path), path)
+
+    @property
+    def config(self) -> Config:
+        """config.yaml with the teams of policy.yaml, which is read again whenever it changes (a
+        running server follows `deepops policy set` and the policy API at once)."""
+        from deepops_infra.policy_file import file_signature, merge_policy_file
+
+        path = self.policy_path
+        signature = file_signature(path)
+        if self._merged is None or self._merged[0] != signature:
+            self._merged = (signature, merge_policy_file(self.file_config, path))
+        return self._merged[1]
+
+    @property
+    def policy_path(self) -> Path:
+        return self.file_config.policy_file or self.home / "policy.yaml"
 
     @property
     def ledger_url(self) -> str:

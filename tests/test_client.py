@@ -87,7 +87,10 @@ def test_member_sees_only_their_own(served: Served, tmp_path: Path) -> None:
     proc = cli(alice, "cost")
     assert proc.returncode == 2 and proc.stderr.startswith("deepops: error: server refused (403): role member")
     proc = cli(alice, "up", "--gpus", "0", "--like", "m-alice001", "--yes")
-    assert proc.returncode == 2 and "--like is not offered by the team server" in proc.stderr
+    # --like goes to the server, which copies the earlier machine and checks its image pin
+    assert proc.returncode == 2 and "m-alice001 ran sha256:test" in proc.stderr, proc.stderr
+    proc = cli(alice, "up", "--gpus", "0", "--like", "m-carl0001", "--dry-run")
+    assert proc.returncode == 2 and "no machine 'm-carl0001' visible to you" in proc.stderr, proc.stderr
     proc = cli(alice, "up", "--gpus", "0", "--dry-run")
     assert proc.returncode == 0 and proc.stderr.startswith("would lease 0 on localhost with cpu-minimal")
 

@@ -232,6 +232,37 @@ def test_bad_input_is_a_problem_and_creates_nothing(served: Served) -> None:
     assert snapshot(served) == before
 
 
+def test_like_and_keep_on_failure_go_through_the_server(served: Served) -> None:
+    seed(served)
+    ledger = served.db()
+    with ledger.write() as session:  # alice's machine ran on the pool's localhost, its pin unrecorded
+        session.execute(text("UPDATE machines SET host = 'localhost', image_pin = NULL WHERE id = 'm-alice001'"))
+    before = snapshot(served)
+    with served.client("alice") as c:
+        r = c.post("/machines", json={"like": "m-alice001", "dry_run": True})
+        assert r.status_code == 200, r.text
+        assert (r.json()["image"], r.json()["plan"]["host"]) == ("cpu-minimal", "localhost")
+    with served.client("bob") as c:  # another member's machine cannot be copied, nor even named
+        r = c.post("/machines", json={"like": "m-alice001", "dry_run": True})
+        assert r.status_code == 404 and r.headers["content-type"] == PROBLEM
+    assert snapshot(served) == before
+
+    # A host that refuses SSH: the launch fails; kept for debugging, it holds its lease until released.
+    with (served.home / "pool.yaml").open("a") as pool:
+        pool.write("  - name: deadhost\n    address: 127.0.0.1\n    port: 9\n    user: nobody\n")
+        pool.write("    rates: {gpu_hour: 2, host_hour: 0.1}\n")
+    with served.client("alice") as c:
+        r = c.post("/machines", json={"gpus": "0", "host": "deadhost", "keep_on_failure": True})
+        assert r.status_code == 202, r.text
+        mid = r.json()["id"]
+        deadline = time.monotonic() + 120
+        while (m := c.get(f"/machines/{mid}").json())["status"] != "failed":
+            assert time.monotonic() < deadline, m
+            time.sleep(0.5)
+        assert m["ended_at"] is None and any(e["kind"] == "kept" for e in m["events"])
+        assert c.delete(f"/machines/{mid}").json()["machine"]["ended_at"]
+
+
 def test_rate_limit(tmp_path: Any) -> None:
     s = start_server(tmp_path, f"sqlite:///{tmp_path / 'rl.db'}", config="server:\n  rate_per_second: 1\n  burst: 5\n")
     try:

@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from deepops_infra.cli import catalog, cost, doctor, images, login, machines, pool, reap, serve, validate
+from deepops_infra.cli import catalog, cost, doctor, images, login, machines, policy, pool, reap, serve, validate
 from deepops_infra.errors import DeepopsError
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 machines.register(app)
 app.add_typer(pool.app, name="pool")
+app.add_typer(policy.app, name="policy")
 app.add_typer(images.app, name="images")
 app.command(name="validate")(validate.validate)
 app.command(name="doctor")(doctor.doctor)

@@ -21,6 +21,7 @@ from deepops_infra.ledger.db import Ledger
 from deepops_infra.ledger.schema import ApiUser, AuditEntry, Machine
 from deepops_infra.server import identity
 from deepops_infra.server.identity import Caller
+from deepops_infra.server.listing import Listing
 from deepops_infra.server.problems import Problem, problem_response, status_for
 from deepops_infra.server.settings import ServerSettings
 from deepops_infra.views import machine_json
@@ -49,6 +50,8 @@ class MachineIn(BaseModel):
     team: Label | None = None
     project: Label | None = None
     name: str | None = Field(None, max_length=64)
+    like: str | None = Field(None, max_length=64, description="an earlier machine you may see: same pin, GPUs, target")
+    keep_on_failure: bool = Field(False, description="leave a failed machine up for debugging (end it with DELETE)")
     dry_run: bool = False
 
 
@@ -105,16 +108,27 @@ class Server:
 
         from deepops_infra.server import worker
 
-        self.workers = ProcessPoolExecutor(max_workers=WORKERS, mp_context=multiprocessing.get_context("spawn"))
+        self.workers = ProcessPoolExecutor(
+            max_workers=WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=worker.lower_priority
+        )
         self.workers.submit(worker.warm)
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
         self.stop = threading.Event()
+        self.listing = Listing(self.ledger.url)
         self._auth_cache: dict[str, tuple[float, Caller | None]] = {}
         self.oidc = None
         if self.config.oidc is not None:
             from deepops_infra.server.oidc import OidcVerifier
 
             self.oidc = OidcVerifier(self.config.oidc)
+
+    def cached_caller(self, token: str) -> tuple[bool, Caller | None]:
+        """(found, caller) from the cache alone: no database, safe on the event loop."""
+        hit = self._auth_cache.get(identity.hash_token(token))
+        if hit is None or time.monotonic() - hit[0] >= AUTH_CACHE_SECONDS:
+            return False, None
+        who = hit[1]
+        return True, (who if who is None or who.expires_at > store.now() else None)
 
     def authenticate(self, token: str) -> Caller | None:
         """The token's caller, looked up at most every AUTH_CACHE_SECONDS per token (revoking
@@ -170,6 +184,57 @@ class Server:
         )
 
 
+class LimitsAndAudit:
+    """Rate limit and body-size limit before anything runs, the audit entry after every mutating
+    API request. Plain ASGI (not BaseHTTPMiddleware, which costs a task and a stream per request)."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.concurrency import run_in_threadpool
+
+        server, request = self.server, Request(scope)
+        path, method = scope["path"], scope["method"]
+        auth = request.headers.get("authorization", "")
+        key = identity.hash_token(auth) if auth else "ip:" + (request.client.host if request.client else "?")
+        wait = server.limiter.allow(key)
+        if wait:
+            refusal: Response | None = problem_response(
+                429, f"rate limit: retry in {wait:.1f}s", path, {"Retry-After": str(max(1, round(wait)))}
+            )
+        elif method in MUTATING and _too_large(request, server.config.max_body_bytes):
+            limit = server.config.max_body_bytes
+            refusal = problem_response(413, f"request bodies are limited to {limit} bytes (with Content-Length)", path)
+        else:
+            refusal = None
+        audited = not (method in MUTATING and path.startswith(API))
+
+        async def audit(status: int) -> None:
+            nonlocal audited
+            if not audited:
+                audited = True
+                caller: Caller | None = getattr(request.state, "caller", None)
+                await run_in_threadpool(_audit, server, request, caller, status)
+
+        async def send_after_audit(message: Any) -> None:
+            # The entry is written before the client sees the answer, so an answer implies its entry.
+            if message["type"] == "http.response.start":
+                await audit(message["status"])
+            await send(message)
+
+        try:
+            if refusal is not None:
+                await refusal(scope, receive, send_after_audit)
+            else:
+                await self.app(scope, receive, send_after_audit)
+        finally:
+            await audit(500)  # no answer was started: the request failed inside
+
+
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat().replace("+00:00", "Z") if at else None
 
@@ -192,6 +257,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         yield
         server.stop.set()
         server.workers.shutdown(wait=False, cancel_futures=False)
+        server.listing.close()
         if thread is not None:
             thread.join(timeout=30)
 
@@ -235,40 +301,23 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
 
     # -- limits and audit ------------------------------------------------------------------------
 
-    @app.middleware("http")
-    async def limits_and_audit(request: Request, call_next: Any) -> Response:
-        from starlette.concurrency import run_in_threadpool
-
-        path = request.url.path
-        auth = request.headers.get("authorization", "")
-        key = identity.hash_token(auth) if auth else "ip:" + (request.client.host if request.client else "?")
-        wait = server.limiter.allow(key)
-        response: Response
-        if wait:
-            response = problem_response(
-                429, f"rate limit: retry in {wait:.1f}s", path, {"Retry-After": str(max(1, round(wait)))}
-            )
-        elif request.method in MUTATING and _too_large(request, server.config.max_body_bytes):
-            response = problem_response(
-                413, f"request bodies are limited to {server.config.max_body_bytes} bytes (with Content-Length)", path
-            )
-        else:
-            response = await call_next(request)
-        if request.method in MUTATING and path.startswith(API):
-            caller: Caller | None = getattr(request.state, "caller", None)
-            await run_in_threadpool(_audit, server, request, caller, response.status_code)
-        return response
+    app.add_middleware(LimitsAndAudit, server=server)
 
     # -- identity --------------------------------------------------------------------------------
 
-    def caller(request: Request) -> Caller:
+    async def caller(request: Request) -> Caller:
+        # async: a cached token is checked on the event loop; only a miss goes to a thread.
+        from starlette.concurrency import run_in_threadpool
+
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Problem(
                 401, "send `Authorization: Bearer <token>` (see `deepops login`)", {"WWW-Authenticate": "Bearer"}
             )
-        who = server.authenticate(token.strip())
+        found, who = server.cached_caller(token.strip())
+        if not found:
+            who = await run_in_threadpool(server.authenticate, token.strip())
         if who is None:
             raise Problem(401, "the token is unknown, expired or revoked", {"WWW-Authenticate": "Bearer"})
         request.state.caller = who
@@ -306,13 +355,24 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
     @app.get(
         API + "/machines", tags=["machines"], summary="List machines you may see", response_model=list[dict[str, Any]]
     )
-    def list_machines(
+    async def list_machines(
         who: Who,
         all: Annotated[bool, Query(description="Include machines that have ended")] = False,
         owner: Annotated[str | None, Query(max_length=63)] = None,
     ) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
         need(who, "member", "team-admin", "it-admin")
         at = datetime.now(UTC)
+        where = {"owner": who.name} if who.role == "member" else {"team": who.team} if who.role == "team-admin" else {}
+        if owner and where.setdefault("owner", owner) != owner:
+            return JSONResponse([])  # a member asking for someone else's machines sees none
+        rows = await server.listing.machines(at, include_ended=all, where=where)
+        if rows is not None:
+            return JSONResponse([machine_json(m, spent) for m, spent in rows])
+        return await run_in_threadpool(orm_list, who, all, owner, at)
+
+    def orm_list(who: Caller, all: bool, owner: str | None, at: datetime) -> Response:
         query = select(Machine).order_by(Machine.created_at)
         if not all:
             query = query.where(Machine.ended_at.is_(None))
@@ -363,8 +423,13 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
                 raise Problem(403, f"a team-admin requests machines for people of team {who.team} only")
         if team != who.team and who.role != "it-admin":
             raise Problem(403, f"you request for team {who.team} only")
-        opts = Options(**body.model_dump(exclude={"owner", "team", "dry_run"}), owner=owner, team=team)
-        request_, image = build_request(server.settings, opts)
+        like = None
+        if body.like:
+            with server.ledger.read() as session:
+                like = visible_machine(session, who, body.like)
+        fields = body.model_dump(exclude={"owner", "team", "dry_run", "like", "keep_on_failure"})
+        opts = Options(**fields, owner=owner, team=team)
+        request_, image = build_request(server.settings, opts, like)
         provider = get_provider(request_.cloud, server.settings, server.ledger)
         plans = provider.plan(request_, image)
         plan = _plan_json(request_, plans)
@@ -377,9 +442,8 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         request.state.target = machine.id
         from deepops_infra.server import worker
 
-        server.workers.submit(
-            worker.launch, str(server.settings.home), machine.id, lifecycle._fallbacks.pop(machine.id, [])
-        )
+        home = str(server.settings.home)
+        server.workers.submit(worker.launch, home, machine.id, lifecycle.fallbacks(machine.id), body.keep_on_failure)
         response.headers["Location"] = f"{API}/machines/{machine.id}"
         return machine_json(machine, None) | {"plan": plan}
 
@@ -507,6 +571,10 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
             pool.include_localhost = False
         pool.save()
         return {"removed": name}
+
+    from deepops_infra.server.policy_admin import register_policy_admin  # GET|PUT|DELETE /policy/teams
+
+    register_policy_admin(app, server, Who, need)
 
     # -- costs and budgets -----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ def _lifecycle(settings: Any, ledger: Any, cloud: str) -> Any:
     return Lifecycle(settings, ledger, get_provider(cloud, settings, ledger), make_progress(enabled=False))
 
 
-def launch(home: str, machine_id: str, fallbacks: list[Any]) -> None:
+def launch(home: str, machine_id: str, fallbacks: list[Any], keep_on_failure: bool = False) -> None:
     """Take a recorded machine to ready; a failure is recorded on the machine by the lifecycle."""
     from deepops_infra.images import get_image
     from deepops_infra.ledger import store
@@ -38,9 +38,8 @@ def launch(home: str, machine_id: str, fallbacks: list[Any]) -> None:
     with ledger.read() as session:
         machine = store.find_machine(session, machine_id)
     lifecycle = _lifecycle(settings, ledger, machine.cloud)
-    lifecycle._fallbacks[machine.id] = fallbacks
     with contextlib.suppress(Exception):
-        lifecycle.launch(machine, get_image(machine.image))
+        lifecycle.launch(machine, get_image(machine.image), keep_on_failure=keep_on_failure, fallbacks=fallbacks)
 
 
 def release(home: str, machine_id: str, reason: str) -> dict[str, Any]:
@@ -59,3 +58,15 @@ def warm() -> None:
     """Import the lifecycle once per worker, before the first request needs it."""
     import deepops_infra.lifecycle
     import deepops_infra.providers  # noqa: F401
+
+
+NICENESS = 10
+
+
+def lower_priority() -> None:
+    """Workers (and the plays and Pulumi runs they start) yield the CPU to the process answering
+    requests: a launch taking a second longer matters less than every page waiting on it."""
+    import os
+
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)

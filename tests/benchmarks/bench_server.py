@@ -9,7 +9,8 @@ A report, not a test: it prints figures and exits 0 (1 only when the server cann
 - The ledger: PostgreSQL when --pg-url (or DEEPOPS_BENCH_PG_URL) is given (a database is created
   for the run and dropped after), else SQLite in a temporary DEEPOPS_HOME.
 - Readers: 100 team-admins (10 teams), each listing their team's 20 seeded machines in a loop
-  with its own token; every answer is checked (HTTP 200, 20 machines).
+  (closed loop, no think time) with its own token on its own keep-alive connection; every answer
+  is checked (HTTP 200, 20 machines). Their client is a minimal HTTP/1.1 one (KeepAlive).
 - Writers: 10 members, each in a loop: request a CPU machine on the local pool (cpu-minimal,
   real ansible-runner plays on localhost), poll it until ready, release it.
 - The server's rate limit is raised for the run (server.rate_per_second / burst in its config);
@@ -92,21 +93,57 @@ def setup(home: Path, ledger_url: str, readers: int, writers: int) -> tuple[list
     return reader_tokens, writer_tokens
 
 
-async def reader(client: Any, token: str, deadline: float, stats: Stats) -> None:
+class KeepAlive:
+    """One HTTP/1.1 keep-alive connection that sends GETs and reads Content-Length answers.
+
+    The readers' load generator: an httpx request costs about a millisecond of client CPU, and
+    on a 2-core machine the client shares the CPU with the server it measures (wrk or hey exist
+    for the same reason)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{lines}\r\n".encode())
+        status = int((await self.reader.readline()).split()[1])
+        length, close = 0, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                close = True
+        body = await self.reader.readexactly(length)
+        if close:
+            self.writer.close()
+            self.writer = None
+        return status, body
+
+
+async def reader(url: str, token: str, deadline: float, stats: Stats) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    conn = KeepAlive(host, int(port))
     headers = {"Authorization": f"Bearer {token}"}
     while time.monotonic() < deadline:
         started = time.perf_counter()
         try:
-            r = await client.get("/api/v1/machines", headers=headers)
+            status, body = await conn.get("/api/v1/machines", headers)
             took = time.perf_counter() - started
-            if r.status_code != 200:
-                stats.error(f"HTTP {r.status_code}")
-            elif len(r.json()) != 20:
+            if status != 200:
+                stats.error(f"HTTP {status}")
+            elif len(json.loads(body)) != 20:
                 stats.error("wrong machine count")
             else:
                 stats.latencies.append(took)
         except Exception as exc:
             stats.error(type(exc).__name__)
+            conn = KeepAlive(host, int(port))
 
 
 async def writer(client: Any, token: str, deadline: float, post: Stats, release: Stats, ready: Stats) -> None:
@@ -149,7 +186,7 @@ async def drive(url: str, readers: list[str], writers: list[str], duration: floa
         deadline = time.monotonic() + duration
         started = time.monotonic()
         writing = asyncio.gather(*(writer(client, t, deadline, posts, releases, readies) for t in writers))
-        await asyncio.gather(*(reader(client, t, deadline, reads) for t in readers))
+        await asyncio.gather(*(reader(url, t, deadline, reads) for t in readers))
         read_seconds = time.monotonic() - started
         await writing  # writers finish the lease they hold: release what they requested
         seconds = time.monotonic() - started
@@ -218,7 +255,13 @@ def main() -> int:
         else:
             print("server did not start:", (tmp / "serve.log").read_text()[-2000:])
             return 1
-        result = asyncio.run(drive(f"http://127.0.0.1:{port}", readers, writers, args.duration))
+        try:
+            import uvloop
+
+            run = uvloop.run
+        except ImportError:
+            run = asyncio.run
+        result = run(drive(f"http://127.0.0.1:{port}", readers, writers, args.duration))
         result |= {
             "ledger": "postgresql" if args.pg_url else "sqlite",
             "readers": args.readers,
