@@ -263,6 +263,24 @@ def test_like_and_keep_on_failure_go_through_the_server(served: Served) -> None:
         assert c.delete(f"/machines/{mid}").json()["machine"]["ended_at"]
 
 
+def test_listing_answers_are_reused_briefly_and_dropped_on_changes(served: Served) -> None:
+    seed(served)
+    with served.client("alice") as c:
+        first = c.get("/machines").json()
+        assert [m["id"] for m in first] == ["m-alice001"]
+        seed_machine(served.db(), "m-alice002", "alice", "ml")  # written by another process
+        assert [m["id"] for m in c.get("/machines").json()] == ["m-alice001"]  # the answer of a moment ago
+        time.sleep(1.1)  # server.list_cache_seconds (1 s by default) later: read again
+        assert [m["id"] for m in c.get("/machines").json()] == ["m-alice001", "m-alice002"]
+        expires = {m["id"]: m["expires_at"] for m in c.get("/machines").json()}
+        extended = c.post("/machines/m-alice001/extend", json={"ttl": "1h"}).json()
+        assert extended["expires_at"] != expires["m-alice001"]
+        listed = {m["id"]: m["expires_at"] for m in c.get("/machines").json()}  # a change through the server:
+        assert listed["m-alice001"] == extended["expires_at"]  # seen at once
+    with served.client("bob") as c:  # another scope has its own answer
+        assert [m["id"] for m in c.get("/machines").json()] == ["m-bob00001"]
+
+
 def test_rate_limit(tmp_path: Any) -> None:
     s = start_server(tmp_path, f"sqlite:///{tmp_path / 'rl.db'}", config="server:\n  rate_per_second: 1\n  burst: 5\n")
     try:

@@ -1,5 +1,6 @@
 """The team server's HTTP API over the same lifecycle code as the CLI (`create_app`)."""
 
+import gc
 import threading
 import time
 from dataclasses import replace
@@ -114,7 +115,7 @@ class Server:
         self.workers.submit(worker.warm)
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
         self.stop = threading.Event()
-        self.listing = Listing(self.ledger.url)
+        self.listing = Listing(self.ledger.url, self.config.list_cache_seconds)
         self._auth_cache: dict[str, tuple[float, Caller | None]] = {}
         self.oidc = None
         if self.config.oidc is not None:
@@ -221,8 +222,11 @@ class LimitsAndAudit:
                 await run_in_threadpool(_audit, server, request, caller, status)
 
         async def send_after_audit(message: Any) -> None:
-            # The entry is written before the client sees the answer, so an answer implies its entry.
+            # The entry is written before the client sees the answer, so an answer implies its entry;
+            # and no listing read before a change is reused after the client heard of it.
             if message["type"] == "http.response.start":
+                if method in MUTATING:
+                    server.listing.invalidate()
                 await audit(message["status"])
             await send(message)
 
@@ -254,6 +258,10 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
 
             thread = threading.Thread(target=run_reaper_loop, args=(server,), name="deepops-reaper", daemon=True)
             thread.start()
+        # What is loaded by now lives as long as the process: out of the cyclic collector's sight,
+        # so its full collections stay short under load (they otherwise walk every module's objects).
+        gc.collect()
+        gc.freeze()
         yield
         server.stop.set()
         server.workers.shutdown(wait=False, cancel_futures=False)
@@ -367,9 +375,9 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         where = {"owner": who.name} if who.role == "member" else {"team": who.team} if who.role == "team-admin" else {}
         if owner and where.setdefault("owner", owner) != owner:
             return JSONResponse([])  # a member asking for someone else's machines sees none
-        rows = await server.listing.machines(at, include_ended=all, where=where)
-        if rows is not None:
-            return JSONResponse([machine_json(m, spent) for m, spent in rows])
+        body = await server.listing.machines_json(at, include_ended=all, where=where)
+        if body is not None:
+            return Response(body, media_type="application/json")
         return await run_in_threadpool(orm_list, who, all, owner, at)
 
     def orm_list(who: Caller, all: bool, owner: str | None, at: datetime) -> Response:

@@ -2,14 +2,22 @@
 
 Listing is what every page and client polls. It goes through ledger.quickread (the database's own
 driver, integer cost columns) on connections kept open, one per thread of a small pool, so a
-request costs one indexed query and a few microseconds of Python instead of an ORM session;
-the event loop never waits on the database. When quickread cannot serve the ledger (another
-driver), `machines` returns None and the caller takes the ORM path.
+read costs one indexed query instead of an ORM session and the event loop never waits on the
+database. When quickread cannot serve the ledger (another driver), the answer is None and the
+caller takes the ORM path.
+
+Answers are reused per scope (the same filters) for `cache_seconds`, and concurrent requests for
+a scope share one read: a hundred clients polling a team's machines cost one query a second, not
+a hundred. Staleness is bounded by `cache_seconds` for changes made elsewhere (a worker moving a
+machine to ready, the CLI on another host); `invalidate()` drops every answer when this server
+changes something, and an answer read while that happened is not kept.
 """
 
 import asyncio
 import contextlib
+import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal
@@ -22,8 +30,12 @@ THREADS = 4
 
 
 class Listing:
-    def __init__(self, url: str, threads: int = THREADS) -> None:
+    def __init__(self, url: str, cache_seconds: float = 0.0, threads: int = THREADS) -> None:
         self.url = url
+        self.cache_seconds = cache_seconds
+        self._answers: dict[tuple[Any, ...], tuple[float, bytes]] = {}
+        self._reading: dict[tuple[Any, ...], asyncio.Future[bytes | None]] = {}
+        self._generation = 0
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deepops-list")
         self._local = threading.local()
         self._connections: list[Any] = []
@@ -67,6 +79,40 @@ class Listing:
     ) -> list[tuple[SimpleNamespace, Decimal]] | None:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._read, at, include_ended, where)
 
+    async def machines_json(self, at: datetime, *, include_ended: bool, where: dict[str, str]) -> bytes | None:
+        """The JSON body of GET /machines for a scope, fresh or at most `cache_seconds` old."""
+        from deepops_infra.views import machine_json
+
+        key = (include_ended, *sorted(where.items()))
+        hit = self._answers.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.cache_seconds:
+            return hit[1]
+        if self.cache_seconds > 0 and key in self._reading:
+            return await asyncio.shield(self._reading[key])
+        reading: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        if self.cache_seconds > 0:
+            self._reading[key] = reading
+        generation, started = self._generation, time.monotonic()
+        try:
+            rows = await self.machines(at, include_ended=include_ended, where=where)
+            body = None if rows is None else _dumps([machine_json(m, spent) for m, spent in rows])
+            if body is not None and self.cache_seconds > 0 and generation == self._generation:
+                self._answers[key] = (started, body)
+            reading.set_result(body)
+            return body
+        except BaseException as exc:
+            reading.set_exception(exc)
+            reading.exception()  # retrieved: no "never retrieved" warning when nobody shared it
+            raise
+        finally:
+            if self._reading.get(key) is reading:
+                del self._reading[key]
+
+    def invalidate(self) -> None:
+        """Something changed through this server: no answer read before now is reused."""
+        self._generation += 1
+        self._answers.clear()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         with self._lock:
@@ -74,3 +120,8 @@ class Listing:
         for conn in connections:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _dumps(value: Any) -> bytes:
+    """As JSONResponse renders: compact, UTF-8."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()

@@ -6,6 +6,8 @@ server:
   max_body_bytes: 65536    # larger request bodies are refused with 413
   token_ttl: 90d           # default lifetime of a new API token
   reaper_interval: 1m      # between the cycles of the reaper loop in the server process
+  list_cache_seconds: 1    # GET /machines answers are reused this long per scope (0: never);
+                           # any change made through this server drops them at once
 """
 
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ class ServerSettings:
     max_body_bytes: int = 64 * 1024
     token_ttl: timedelta = timedelta(days=90)
     reaper_interval: timedelta = timedelta(minutes=1)
+    list_cache_seconds: float = 1.0
     oidc: OidcSettings | None = None
 
     @classmethod
@@ -37,6 +40,10 @@ class ServerSettings:
             if key in ("rate_per_second",):
                 if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                     raise FileError(path, line, f"server.{key} must be a number > 0")
+                values[key] = float(value)
+            elif key == "list_cache_seconds":
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 60:
+                    raise FileError(path, line, f"server.{key} must be a number of seconds from 0 to 60")
                 values[key] = float(value)
             elif key in ("burst", "max_body_bytes"):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:

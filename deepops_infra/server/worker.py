@@ -68,5 +68,8 @@ def lower_priority() -> None:
     requests: a launch taking a second longer matters less than every page waiting on it."""
     import os
 
+    from deepops_infra.ansible import PLAY_NICENESS
+
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
+    os.environ[PLAY_NICENESS] = str(NICENESS)  # plays start new sessions: see ansible._low_priority_binary
