@@ -123,8 +123,7 @@ exec {real} "$@"
 
 
 def _low_priority_binary(settings: Settings) -> str | None:
-    """A wrapper running ansible-playbook at low CPU priority, when DEEPOPS_PLAY_NICENESS asks.
-"""
+    """A wrapper running ansible-playbook at low CPU priority, when DEEPOPS_PLAY_NICENESS asks."""
     real = shutil.which("ansible-playbook")
     if not os.environ.get(PLAY_NICENESS) or real is None:
         return None
