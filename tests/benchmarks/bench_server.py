@@ -69,7 +69,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup(home: Path, ledger_url: str, readers: int, writers: int) -> tuple[list[str], list[str]]:
+def setup(
+    home: Path, ledger_url: str, readers: int, writers: int, list_cache: float | None = None
+) -> tuple[list[str], list[str]]:
     from deepops_infra.ledger.db import Ledger
     from tests.test_server_fixtures import make_token, seed_machine
 
@@ -77,7 +79,9 @@ def setup(home: Path, ledger_url: str, readers: int, writers: int) -> tuple[list
         "hosts:\n  - name: localhost\n    connection: local\n    rates: {gpu_hour: 2, host_hour: 0.1}\n"
     )
     (home / "config.yaml").write_text(
-        "server:\n  rate_per_second: 100000\n  burst: 100000\npolicy:\n  default:\n    max_gpus_running: 64\n"
+        "server:\n  rate_per_second: 100000\n  burst: 100000\n"
+        + (f"  list_cache_seconds: {list_cache}\n" if list_cache is not None else "")
+        + "policy:\n  default:\n    max_gpus_running: 64\n"
     )
     ledger = Ledger(ledger_url)
     teams = [f"team{i}" for i in range(10)]
@@ -206,6 +210,9 @@ def main() -> int:
     parser.add_argument("--writers", type=int, default=10)
     parser.add_argument("--pg-url", default=os.environ.get("DEEPOPS_BENCH_PG_URL"))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--list-cache", type=float, default=None, help="server.list_cache_seconds for the run (default: as shipped)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-server-"))
     home = tmp / "home"
@@ -223,7 +230,7 @@ def main() -> int:
         ledger_url = f"sqlite:///{home / 'ledger.db'}"
     proc = None
     try:
-        readers, writers = setup(home, ledger_url, args.readers, args.writers)
+        readers, writers = setup(home, ledger_url, args.readers, args.writers, args.list_cache)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
         env.update(DEEPOPS_HOME=str(home), DEEPOPS_LEDGER_URL=ledger_url)
         port = free_port()
