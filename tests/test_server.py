@@ -279,6 +279,11 @@ def test_listing_answers_are_reused_briefly_and_dropped_on_changes(served: Serve
         assert listed["m-alice001"] == extended["expires_at"]  # seen at once
     with served.client("bob") as c:  # another scope has its own answer
         assert [m["id"] for m in c.get("/machines").json()] == ["m-bob00001"]
+        assert [m["id"] for m in c.get("/machines").json()] == ["m-bob00001"]  # the saved one
+        assert c.get("/machines", headers={"Authorization": "Bearer dpo_nope"}).status_code == 401
+        c.delete(f"/tokens/{token_id_of(served, 'bob')}")  # revoked: a saved answer is no pass
+        r = c.get("/machines")
+        assert r.status_code == 401 and r.headers["content-type"] == PROBLEM
 
 
 def test_rate_limit(tmp_path: Any) -> None:

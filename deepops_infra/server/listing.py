@@ -79,14 +79,21 @@ class Listing:
     ) -> list[tuple[SimpleNamespace, Decimal]] | None:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._read, at, include_ended, where)
 
+    def saved(self, *, include_ended: bool, where: dict[str, str]) -> bytes | None:
+        """A fresh saved answer for the scope, or None (no I/O: safe anywhere on the event loop)."""
+        hit = self._answers.get((include_ended, *sorted(where.items())))
+        if hit is not None and time.monotonic() - hit[0] < self.cache_seconds:
+            return hit[1]
+        return None
+
     async def machines_json(self, at: datetime, *, include_ended: bool, where: dict[str, str]) -> bytes | None:
         """The JSON body of GET /machines for a scope, fresh or at most `cache_seconds` old."""
         from deepops_infra.views import machine_json
 
         key = (include_ended, *sorted(where.items()))
-        hit = self._answers.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.cache_seconds:
-            return hit[1]
+        saved = self.saved(include_ended=include_ended, where=where)
+        if saved is not None:
+            return saved
         if self.cache_seconds > 0 and key in self._reading:
             return await asyncio.shield(self._reading[key])
         reading: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
