@@ -49,10 +49,23 @@ def cost_micro(per_hour_micro: int, duration_us: int) -> int:
     return (per_hour_micro * duration_us * 2 + HOUR_US) // (2 * HOUR_US)
 
 
+def interval_cost_micro(
+    started_us: int, ended_us: int | None, per_hour_micro: int, closed_cost: int | None, now_us: int
+) -> int:
+    """A usage interval's cost so far from the ledger's integer columns: the stored cost of a closed
+    interval, an open one priced up to now."""
+    if ended_us is not None and closed_cost is not None:
+        return closed_cost
+    return cost_micro(per_hour_micro, (ended_us if ended_us is not None else now_us) - started_us)
+
+
+def micro_dollars(micro: int) -> Decimal:
+    return Decimal(micro).scaleb(-6).quantize(Decimal("0.000001"))
+
+
 def cost(per_hour: Decimal, start: datetime, end: datetime) -> Decimal:
     """Exact cost of [start, end) at an hourly price (to the micro-dollar)."""
-    micro = cost_micro(price_micro(per_hour), epoch_us(end) - epoch_us(start))
-    return Decimal(micro).scaleb(-6).quantize(Decimal("0.000001"))
+    return micro_dollars(cost_micro(price_micro(per_hour), epoch_us(end) - epoch_us(start)))
 
 
 def dollars(amount: Decimal) -> str:

@@ -14,9 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from deepops_infra.ledger import HEAD_REVISION
-from deepops_infra.pricing import cost_micro, epoch_us
-
-MICRO_DOLLAR = Decimal("0.000001")
+from deepops_infra.pricing import epoch_us, interval_cost_micro, micro_dollars
 
 COLUMNS = (
     "id",
@@ -128,10 +126,10 @@ def read_machines(
         f" FROM usage_intervals u JOIN machines m ON m.id = u.machine_id{clause}",
         params,
     )
-    for machine_id, started, ended, price, closed_cost in cur.fetchall():
+    for machine_id, *interval in cur.fetchall():
         if machine_id in totals:
-            totals[machine_id] += closed_cost if ended is not None else cost_micro(price, now_us - started)
-    return [(m, Decimal(totals[m.id]).scaleb(-6).quantize(MICRO_DOLLAR)) for m in machines]
+            totals[machine_id] += interval_cost_micro(*interval, now_us)
+    return [(m, micro_dollars(totals[m.id])) for m in machines]
 
 
 def list_machines(

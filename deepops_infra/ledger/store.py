@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from deepops_infra.errors import NotFoundError
 from deepops_infra.ledger.schema import Event, GpuLease, Machine, UsageInterval
-from deepops_infra.pricing import cost, epoch_us
+from deepops_infra.pricing import epoch_us, interval_cost_micro, micro_dollars
 from deepops_infra.states import can_transition
 
 
@@ -144,21 +144,20 @@ def running_gpus(session: Session, team: str) -> int:
 
 
 def costs(session: Session, machine_ids: Iterable[str], at: datetime | None = None) -> dict[str, Decimal]:
-    """Cost so far per machine, from its usage intervals at their frozen prices."""
+    """Cost so far per machine, from its usage intervals at their frozen prices (the integer
+    columns, as ledger.quickread reads them)."""
     ids = list(machine_ids)
-    at = at or now()
-    totals: dict[str, Decimal] = dict.fromkeys(ids, Decimal(0))
-    if not ids:
-        return totals
-    query = select(
-        UsageInterval.machine_id, UsageInterval.started_at, UsageInterval.ended_at, UsageInterval.price_per_hour
-    )
-    if len(ids) < 900:  # past that, one scan beats an IN list the database must parse
-        query = query.where(UsageInterval.machine_id.in_(ids))
-    for machine_id, start, end, price in session.execute(query):
-        if machine_id in totals:
-            totals[machine_id] += cost(Decimal(price), start, end or at)
-    return totals
+    now_us = epoch_us(at or now())
+    totals: dict[str, int] = dict.fromkeys(ids, 0)
+    if ids:
+        u = UsageInterval
+        query = select(u.machine_id, u.started_us, u.ended_us, u.price_micro, u.cost_micro)
+        if len(ids) < 900:  # past that, one scan beats an IN list the database must parse
+            query = query.where(u.machine_id.in_(ids))
+        for machine_id, *interval in session.execute(query):
+            if machine_id in totals:
+                totals[machine_id] += interval_cost_micro(*interval, now_us)
+    return {mid: micro_dollars(total) for mid, total in totals.items()}
 
 
 def events(session: Session, machine_id: str) -> list[Event]:

@@ -374,10 +374,8 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         return m
 
     def scope(query: Any, who: Caller) -> Any:
-        if who.role == "member":
-            return query.where(Machine.owner == who.name)
-        if who.role == "team-admin":
-            return query.where(Machine.team == who.team)
+        for column, value in listing_scope(who).items():
+            query = query.where(getattr(Machine, column) == value)
         return query
 
     @app.get(API + "/me", tags=["identity"], summary="Who the token belongs to")
