@@ -15,6 +15,10 @@ A report, not a test: it prints figures and exits 0 (1 only when the server cann
   real ansible-runner plays on localhost), poll it until ready, release it.
 - The server's rate limit is raised for the run (server.rate_per_second / burst in its config);
   everything else is as shipped. Loopback only.
+- The server runs in its own session, as a service would (deploy/systemd/deepops-serve.service
+  puts it in its own cgroup): Linux schedules a session as one group, and the load generator
+  (100 busy clients) would otherwise share the server's group. The readers' p99 is also printed
+  for each 10 s of the run, to show where the tail is.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 @dataclass
 class Stats:
     latencies: list[float] = field(default_factory=list)
+    finished: list[float] = field(default_factory=list)  # monotonic time each answer came (readers)
     errors: dict[str, int] = field(default_factory=dict)
 
     def error(self, what: str) -> None:
@@ -59,6 +64,13 @@ class Stats:
             "errors": sum(self.errors.values()),
             "error_kinds": self.errors,
         }
+
+    def p99_by_window(self, started: float, window: float) -> list[float]:
+        """p99 (ms) of the answers that came in each `window` seconds: where in the run the tail is."""
+        buckets: dict[int, list[float]] = {}
+        for at, took in zip(self.finished, self.latencies, strict=True):
+            buckets.setdefault(int((at - started) // window), []).append(took)
+        return [round(sorted(b)[min(len(b) - 1, int(0.99 * len(b)))] * 1000, 1) for _, b in sorted(buckets.items())]
 
 
 def free_port() -> int:
@@ -145,6 +157,7 @@ async def reader(url: str, token: str, deadline: float, stats: Stats) -> None:
                 stats.error("wrong machine count")
             else:
                 stats.latencies.append(took)
+                stats.finished.append(time.monotonic())
         except Exception as exc:
             stats.error(type(exc).__name__)
             conn = KeepAlive(host, int(port))
@@ -196,7 +209,7 @@ async def drive(url: str, readers: list[str], writers: list[str], duration: floa
         seconds = time.monotonic() - started
     return {
         "seconds": round(seconds, 1),
-        "list_machines": reads.summary(read_seconds),
+        "list_machines": reads.summary(read_seconds) | {"p99_ms_by_10s": reads.p99_by_window(started, 10)},
         "request_machine": posts.summary(seconds),
         "time_to_ready_s": {k: v for k, v in readies.summary(seconds).items() if k != "per_second"},
         "release_machine": releases.summary(seconds),
@@ -250,6 +263,7 @@ def main() -> int:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         import httpx
 
@@ -274,7 +288,7 @@ def main() -> int:
             "readers": args.readers,
             "writers": args.writers,
             "cpus": os.cpu_count(),
-            "load_before": os.getloadavg()[0],
+            "load_average": os.getloadavg()[0],  # the last minute: the run itself
         }
     finally:
         if proc is not None:
@@ -287,7 +301,8 @@ def main() -> int:
         return 0
     print(
         f"deepops serve on 127.0.0.1, {result['ledger']} ledger, {result['cpus']} CPUs, "
-        f"load average {result['load_before']:.1f}; {args.duration:.0f} s of load, {result['seconds']} s "
+        f"load average over the last minute {result['load_average']:.1f}; "
+        f"{args.duration:.0f} s of load, {result['seconds']} s "
         "until the last lease was released (reads per second over the former)"
     )
     for name in ("list_machines", "request_machine", "release_machine"):
@@ -296,6 +311,7 @@ def main() -> int:
             f"  {name:<16} {r['requests']:>6} ok  {r['per_second']:>7}/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
             f"max {r['max_ms']} ms  errors {r['errors']} {r['error_kinds'] or ''}"
         )
+    print(f"  list p99 (ms) in each 10 s of the run: {result['list_machines']['p99_ms_by_10s']}")
     t = result["time_to_ready_s"]
     print(f"  time to ready    {t['requests']:>6} machines  p50 {t['p50_ms']} ms  p99 {t['p99_ms']} ms", end="")
     print(f"  errors {t['errors']} {t['error_kinds'] or ''}")
