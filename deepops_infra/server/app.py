@@ -1,6 +1,8 @@
 """The team server's HTTP API over the same lifecycle code as the CLI (`create_app`)."""
 
+import asyncio
 import gc
+import os
 import threading
 import time
 from dataclasses import replace
@@ -34,7 +36,9 @@ MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 LIST_PATH = API + "/machines"
 LISTERS = ("member", "team-admin", "it-admin")  # the roles that may list machines
 AUTH_CACHE_SECONDS = 5.0
-WORKERS = 4  # processes running launches and releases (each a play or a Pulumi update at a time)
+WORKERS = 4  # processes running launches (each a play or a Pulumi update at a time)
+RELEASE_WORKERS = 2  # and releases, apart: a release never waits behind a queue of launches
+STOP_GRACE_SECONDS = 30.0  # on stop, what a launch or release in flight gets to finish (the unit allows 60)
 Label = Annotated[str, Field(min_length=1, max_length=63)]
 
 
@@ -99,7 +103,7 @@ class RateLimiter:
 
 
 class Server:
-    """What the handlers share: settings, the ledger, the launch threads."""
+    """What the handlers share: settings, the ledger, the launch and release worker processes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -111,10 +115,14 @@ class Server:
 
         from deepops_infra.server import worker
 
-        self.workers = ProcessPoolExecutor(
-            max_workers=WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=worker.lower_priority
-        )
+        def pool(size: int) -> ProcessPoolExecutor:
+            # spawned (never a fork of a threaded server); processes start as tasks need them
+            spawn = multiprocessing.get_context("spawn")
+            return ProcessPoolExecutor(size, mp_context=spawn, initializer=worker.start, initargs=(os.getpid(),))
+
+        self.workers = pool(WORKERS)
         self.workers.submit(worker.warm)
+        self.releasers = pool(RELEASE_WORKERS)
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
         self.stop = threading.Event()
         self.listing = Listing(self.ledger.url, self.config.list_cache_seconds)
@@ -290,7 +298,10 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         gc.freeze()
         yield
         server.stop.set()
-        server.workers.shutdown(wait=False, cancel_futures=False)
+        from deepops_infra.server import worker
+
+        # In a thread: a launch finishing within the grace period still records its outcome.
+        await asyncio.to_thread(worker.stop, [server.workers, server.releasers], STOP_GRACE_SECONDS)
         server.listing.close()
         if thread is not None:
             thread.join(timeout=30)
@@ -500,7 +511,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         from deepops_infra.server import worker
 
         reason = "released by " + who.name + " (team server)"
-        return server.workers.submit(worker.release, str(server.settings.home), m.id, reason).result()
+        return server.releasers.submit(worker.release, str(server.settings.home), m.id, reason).result()
 
     # -- offers, policy, pool ---------------------------------------------------------------------
 

@@ -61,6 +61,13 @@ def warm() -> None:
 
 
 NICENESS = 10
+ORPHAN_CHECK_SECONDS = 2.0
+
+
+def start(server_pid: int) -> None:
+    """Each worker's initializer: lower priority, and an end when the server is gone."""
+    lower_priority()
+    _exit_when_orphaned(server_pid)
 
 
 def lower_priority() -> None:
@@ -73,3 +80,40 @@ def lower_priority() -> None:
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
     os.environ[PLAY_NICENESS] = str(NICENESS)  # plays start new sessions: see ansible._low_priority_binary
+
+
+def _exit_when_orphaned(server_pid: int) -> None:
+    """A worker whose server died without stopping it (SIGKILL, a crash) would wait on its task
+    queue forever, since it holds that queue's other end itself: it exits once it is reparented
+    (the server's pid comes from the server: it may be gone before this runs). A launch it was
+    running is then left to the reaper (setup-stuck), like any interrupted one."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == server_pid:
+            time.sleep(ORPHAN_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="deepops-orphan-check", daemon=True).start()
+
+
+def stop(executors: list[Any], grace: float) -> None:
+    """Stop the server's workers: queued tasks are cancelled, idle workers exit at once, a task in
+    flight gets `grace` seconds to finish, then its worker is terminated (killed when it does not
+    end: ansible-runner catches SIGTERM). The reaper ends machines whose launch was cut short."""
+    import multiprocessing
+    import time
+
+    for executor in executors:
+        executor.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace
+    for child in multiprocessing.active_children():
+        child.join(max(0.0, deadline - time.monotonic()))
+    for signal_them in ("terminate", "kill"):
+        left = multiprocessing.active_children()
+        for child in left:
+            getattr(child, signal_them)()
+        for child in left:
+            child.join(5)
