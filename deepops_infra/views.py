@@ -8,7 +8,7 @@ from deepops_infra.durations import format_duration
 from deepops_infra.pricing import decimal_text, dollars, price_text
 
 if TYPE_CHECKING:  # views also render the plain rows of ledger.quickread
-    from deepops_infra.ledger.schema import Machine
+    from deepops_infra.ledger.schema import Event, Machine
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -41,6 +41,23 @@ def machine_json(m: "Machine", cost: Decimal | None = None) -> dict[str, Any]:
         "idle_timeout_seconds": m.request.get("idle_timeout"),
         "price_per_hour": decimal_text(m.price_per_hour),
         "cost_usd": str(cost) if cost is not None else None,
+    }
+
+
+def show_json(m: "Machine", spent: Decimal | None, events: "list[Event]") -> dict[str, Any]:
+    """`deepops show --json` and GET /machines/{id}: the listing's fields, what was asked and
+    planned, what the machine reported, and its history."""
+    history = [
+        {"at": _iso(e.at), "kind": e.kind, "from": e.from_status, "to": e.to_status, "reason": e.reason} for e in events
+    ]
+    return machine_json(m, spent) | {
+        "request": m.request,
+        "plan": m.plan,
+        "price": m.price_breakdown,
+        "provider_refs": {k: v for k, v in (m.provider_refs or {}).items() if k != "host_facts"},
+        "manifest": m.manifest,
+        "validation": m.validation,
+        "events": history,
     }
 
 

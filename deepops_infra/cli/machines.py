@@ -250,31 +250,13 @@ def show(
 
         return client.show(machine_ref, json_out)
     from deepops_infra.ledger import store
-    from deepops_infra.views import machine_json
+    from deepops_infra.views import show_json
 
     s = settings()
     with open_ledger(s).read() as session:
         m = store.find_machine(session, machine_ref)
         spent = store.costs(session, [m.id])[m.id]
-        history = [
-            {
-                "at": e.at.isoformat().replace("+00:00", "Z"),
-                "kind": e.kind,
-                "from": e.from_status,
-                "to": e.to_status,
-                "reason": e.reason,
-            }
-            for e in store.events(session, m.id)
-        ]
-    data = machine_json(m, spent) | {
-        "request": m.request,
-        "plan": m.plan,
-        "price": m.price_breakdown,
-        "provider_refs": {k: v for k, v in (m.provider_refs or {}).items() if k != "host_facts"},
-        "manifest": m.manifest,
-        "validation": m.validation,
-        "events": history,
-    }
+        data = show_json(m, spent, store.events(session, m.id))
     if json_out:
         print_json(data)
         return
@@ -304,7 +286,7 @@ def show(
         for check in m.validation.get("checks", []):
             console.print(f"  check {'✓' if check['passed'] else '✗'} {check['name']}: {check['detail']}")
     console.print("  events:")
-    for e in history:
+    for e in data["events"]:
         console.print(f"    {e['at']}  {e['kind']:<16} {e['from'] or ''} -> {e['to'] or ''}  {e['reason'] or ''}")
 
 

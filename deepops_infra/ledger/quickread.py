@@ -13,6 +13,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
+from deepops_infra.errors import NotFoundError
 from deepops_infra.ledger import HEAD_REVISION
 from deepops_infra.pricing import epoch_us, interval_cost_micro, micro_dollars
 
@@ -39,7 +40,10 @@ COLUMNS = (
     "expires_at",
     "ended_at",
 )
+DETAIL = ("provider_refs", "manifest", "validation", "price_breakdown")  # what `show` adds
 _TIMES = ("created_at", "ready_at", "expires_at", "ended_at")
+_JSON = ("request", "plan", *DETAIL)
+MONEY_PLACES = Decimal("0.000001")
 
 
 def _connect(url: str) -> tuple[Any, str] | None:
@@ -94,27 +98,37 @@ def connect(url: str) -> tuple[Any, str] | None:
 
 
 def read_machines(
-    conn: Any, mark: str, at: datetime, *, include_ended: bool, where: dict[str, str] | None = None
+    conn: Any,
+    mark: str,
+    at: datetime,
+    *,
+    include_ended: bool,
+    where: dict[str, str] | None = None,
+    detail: bool = False,
 ) -> list[tuple[SimpleNamespace, Decimal]]:
-    """Machines (oldest first) with their cost so far; `where`: column = value filters (owner, team)."""
+    """Machines (oldest first) with their cost so far; `where`: column = value filters (owner,
+    team, id, name); `detail`: with the columns `show` adds (DETAIL)."""
     clauses, params = [], []
     if not include_ended:
         clauses.append("m.ended_at IS NULL")
     for column, value in (where or {}).items():
-        if column not in ("owner", "team"):
+        if column not in ("owner", "team", "id", "name"):
             raise ValueError(f"no filter on {column}")
         clauses.append(f"m.{column} = {mark}")
         params.append(value)
     clause = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    columns = COLUMNS + DETAIL if detail else COLUMNS
     cur = conn.cursor()
-    cur.execute(f"SELECT {', '.join('m.' + c for c in COLUMNS)} FROM machines m{clause} ORDER BY m.created_at", params)
+    cur.execute(f"SELECT {', '.join('m.' + c for c in columns)} FROM machines m{clause} ORDER BY m.created_at", params)
     machines = []
     for row in cur.fetchall():
-        m = SimpleNamespace(**dict(zip(COLUMNS, row, strict=True)))
+        m = SimpleNamespace(**dict(zip(columns, row, strict=True)))
         for name in _TIMES:
             setattr(m, name, _time(getattr(m, name)))
-        m.request, m.plan = _json(m.request), _json(m.plan)
-        m.price_per_hour = Decimal(str(m.price_per_hour))
+        for name in _JSON:
+            if hasattr(m, name):
+                setattr(m, name, _json(getattr(m, name)))
+        m.price_per_hour = Decimal(str(m.price_per_hour)).quantize(MONEY_PLACES)  # as Numeric(14, 6) reads
         machines.append(m)
     if not machines:
         return []
@@ -130,6 +144,61 @@ def read_machines(
         if machine_id in totals:
             totals[machine_id] += interval_cost_micro(*interval, now_us)
     return [(m, micro_dollars(totals[m.id])) for m in machines]
+
+
+def find_machine(conn: Any, mark: str, ref: str, at: datetime) -> tuple[SimpleNamespace, Decimal, list[Any]]:
+    """One machine for `show`, as store.find_machine finds it (by ID, else by name among live
+    machines), with its cost so far and its events (oldest first)."""
+    found = read_machines(conn, mark, at, include_ended=True, where={"id": ref}, detail=True)
+    if not found:
+        found = read_machines(conn, mark, at, include_ended=False, where={"name": ref}, detail=True)
+        if len(found) > 1:
+            raise ambiguous_name(ref, [m.id for m, _ in found])
+    if not found:
+        raise no_machine(ref)
+    machine, spent = found[0]
+    cur = conn.cursor()
+    cur.execute(
+        f"SELECT at, kind, from_status, to_status, reason FROM events WHERE machine_id = {mark} ORDER BY id",
+        (machine.id,),
+    )
+    events = [
+        SimpleNamespace(at=_time(at_), kind=kind, from_status=from_, to_status=to, reason=reason)
+        for at_, kind, from_, to, reason in cur.fetchall()
+    ]
+    return machine, spent, events
+
+
+def no_machine(ref: str) -> NotFoundError:
+    return NotFoundError(f"no machine {ref!r}; see `deepops ls --all`")
+
+
+def ambiguous_name(ref: str, ids: list[str]) -> NotFoundError:
+    return NotFoundError(f"{ref!r} names {len(ids)} machines; use the ID ({', '.join(ids)})")
+
+
+def read_token(conn: Any, mark: str, token_hash: str) -> SimpleNamespace | None:
+    """The API token with this hash and its user (the server checks revocation, expiry and a
+    disabled user on what comes back), or None when no token has it."""
+    cur = conn.cursor()
+    cur.execute(
+        "SELECT t.id, t.expires_at, t.revoked_at, u.name, u.team, u.role, u.disabled"
+        f" FROM api_tokens t JOIN api_users u ON u.name = t.user_name WHERE t.token_hash = {mark}",
+        (token_hash,),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    token_id, expires_at, revoked_at, name, team, role, disabled = row
+    return SimpleNamespace(
+        id=token_id,
+        expires_at=_time(expires_at),
+        revoked_at=_time(revoked_at),
+        name=name,
+        team=team,
+        role=role,
+        disabled=bool(disabled),
+    )
 
 
 def list_machines(

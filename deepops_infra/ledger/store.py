@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from deepops_infra.errors import NotFoundError
+from deepops_infra.ledger import quickread
 from deepops_infra.ledger.schema import Event, GpuLease, Machine, UsageInterval
 from deepops_infra.pricing import epoch_us, interval_cost_micro, micro_dollars
 from deepops_infra.states import can_transition
@@ -106,10 +106,10 @@ def find_machine(session: Session, ref: str, *, for_update: bool = False) -> Mac
     if machine is None:
         named = session.scalars(select(Machine).where(Machine.name == ref, Machine.ended_at.is_(None))).all()
         if len(named) > 1:
-            raise NotFoundError(f"{ref!r} names {len(named)} machines; use the ID ({', '.join(m.id for m in named)})")
+            raise quickread.ambiguous_name(ref, [m.id for m in named])
         machine = named[0] if named else None
     if machine is None:
-        raise NotFoundError(f"no machine {ref!r}; see `deepops ls --all`")
+        raise quickread.no_machine(ref)
     return machine
 
 

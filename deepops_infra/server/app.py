@@ -19,15 +19,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deepops_infra.config import Settings
 from deepops_infra.errors import DeepopsError, NotFoundError, UserError
-from deepops_infra.ledger import store
+from deepops_infra.ledger import quickread, store
 from deepops_infra.ledger.db import Ledger
 from deepops_infra.ledger.schema import ApiUser, AuditEntry, Machine
 from deepops_infra.server import identity
 from deepops_infra.server.identity import Caller
-from deepops_infra.server.listing import Listing
+from deepops_infra.server.listing import KeptConnections, Listing, Unavailable
 from deepops_infra.server.problems import Problem, problem_response, status_for
 from deepops_infra.server.settings import ServerSettings
-from deepops_infra.views import machine_json
+from deepops_infra.views import machine_json, show_json
 from deepops_infra.yamlfile import FileError
 
 STATIC = Path(__file__).parent / "static"
@@ -125,7 +125,8 @@ class Server:
         self.releasers = pool(RELEASE_WORKERS)
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
         self.stop = threading.Event()
-        self.listing = Listing(self.ledger.url, self.config.list_cache_seconds)
+        self.reads = KeptConnections(self.ledger.url)
+        self.listing = Listing(self.reads, self.config.list_cache_seconds)
         self._auth_cache: dict[str, tuple[float, Caller | None]] = {}
         self.oidc = None
         if self.config.oidc is not None:
@@ -150,17 +151,47 @@ class Server:
         if hit is not None and now - hit[0] < AUTH_CACHE_SECONDS:
             who = hit[1]
         else:
-            if self.oidc is not None and not token.startswith(identity.TOKEN_PREFIX):
+            if self._is_oidc(token):
                 who = self._oidc_caller(token)
             else:
                 with self.ledger.read() as session:
                     who = identity.authenticate(session, token, store.now())
-            if len(self._auth_cache) > 10_000:
-                self._auth_cache.clear()
-            self._auth_cache[key] = (now, who)
+            self._remember(key, now, who)
         if who is not None and who.expires_at <= store.now():
             return None
         return who
+
+    async def caller(self, token: str) -> Caller | None:
+        """authenticate() for the event loop: the cache, else one quick read on a kept connection
+        (no ORM, no thread of the request pool); OIDC and ledgers quickread cannot serve take the
+        ORM path in a thread."""
+        found, who = self.cached_caller(token)
+        if found:
+            return who
+        if not self._is_oidc(token):
+            if not identity.could_be_token(token):
+                return None
+            key, asked = identity.hash_token(token), time.monotonic()
+            try:
+                row = await self.reads.read(quickread.read_token, key)
+            except Unavailable:
+                pass
+            else:
+                now = store.now()
+                who = None if row is None else identity.caller_of(row.id, row.expires_at, row.revoked_at, row, now)
+                self._remember(key, asked, who)
+                return who
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.authenticate, token)
+
+    def _is_oidc(self, token: str) -> bool:
+        return self.oidc is not None and not token.startswith(identity.TOKEN_PREFIX)
+
+    def _remember(self, key: str, asked: float, who: Caller | None) -> None:
+        if len(self._auth_cache) > 10_000:
+            self._auth_cache.clear()
+        self._auth_cache[key] = (asked, who)
 
     def _oidc_caller(self, token: str) -> Caller | None:
         """A caller from a valid JWT whose claims name a user, a team and a known role."""
@@ -241,7 +272,7 @@ class LimitsAndAudit:
             await send(message)
 
         if refusal is None and method == "GET" and path == LIST_PATH and not scope.get("query_string"):
-            body = self._saved_listing(auth)
+            body = await self._saved_listing(auth)
             if body is not None:  # the hottest request, answered without the framework's machinery
                 await Response(body, media_type="application/json")(scope, receive, send)
                 return
@@ -253,15 +284,15 @@ class LimitsAndAudit:
         finally:
             await audit(500)  # no answer was started: the request failed inside
 
-    def _saved_listing(self, auth: str) -> bytes | None:
-        """GET /machines's saved answer for this caller's scope, when the token is known to this
-        process (cached, valid, a role that lists machines) and the answer is fresh; else None and
-        the request takes the full path, which checks, reads and saves."""
+    async def _saved_listing(self, auth: str) -> bytes | None:
+        """GET /machines's saved answer for this caller's scope, when the token is valid (cached, or
+        one quick read), its role lists machines and the answer is fresh; else None and the request
+        takes the full path, which refuses, or reads and saves."""
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
-        found, who = self.server.cached_caller(token.strip())
-        if not found or who is None or who.role not in LISTERS:
+        who = await self.server.caller(token.strip())
+        if who is None or who.role not in LISTERS:
             return None
         return self.server.listing.saved(include_ended=False, where=listing_scope(who))
 
@@ -275,6 +306,11 @@ def listing_scope(who: Caller) -> dict[str, str]:
 
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat().replace("+00:00", "Z") if at else None
+
+
+def stored_price(m: Any) -> dict[str, str]:
+    """The price as the ledger keeps it, for the client's `deepops show` to print as the local one does."""
+    return {"price_per_hour_stored": str(m.price_per_hour)}
 
 
 def create_app(settings: Settings | None = None, *, reaper: bool = False) -> FastAPI:
@@ -302,7 +338,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
 
         # In a thread: a launch finishing within the grace period still records its outcome.
         await asyncio.to_thread(worker.stop, [server.workers, server.releasers], STOP_GRACE_SECONDS)
-        server.listing.close()
+        server.reads.close()
         if thread is not None:
             thread.join(timeout=30)
 
@@ -351,18 +387,14 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
     # -- identity --------------------------------------------------------------------------------
 
     async def caller(request: Request) -> Caller:
-        # async: a cached token is checked on the event loop; only a miss goes to a thread.
-        from starlette.concurrency import run_in_threadpool
-
+        # async: a cached token is checked on the event loop, a miss with one quick read.
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Problem(
                 401, "send `Authorization: Bearer <token>` (see `deepops login`)", {"WWW-Authenticate": "Bearer"}
             )
-        found, who = server.cached_caller(token.strip())
-        if not found:
-            who = await run_in_threadpool(server.authenticate, token.strip())
+        who = await server.caller(token.strip())
         if who is None:
             raise Problem(401, "the token is unknown, expired or revoked", {"WWW-Authenticate": "Bearer"})
         request.state.caller = who
@@ -427,24 +459,27 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         return JSONResponse([machine_json(m, spent[m.id]) for m in machines])
 
     @app.get(API + "/machines/{ref}", tags=["machines"], summary="One machine with its manifest and events")
-    def show_machine(who: Who, ref: str) -> dict[str, Any]:
+    async def show_machine(who: Who, ref: str) -> dict[str, Any]:
+        # What clients poll while a machine comes up: one quick read on a kept connection, like the
+        # listing; the ORM (in a thread) when quickread cannot serve the ledger.
+        from starlette.concurrency import run_in_threadpool
+
+        need(who, *LISTERS)
+        try:
+            m, spent, history = await server.reads.read(quickread.find_machine, ref, store.now())
+        except Unavailable:
+            return await run_in_threadpool(orm_show, who, ref)
+        except NotFoundError:
+            raise Problem(404, f"no machine {ref!r} visible to you") from None
+        if not who.can_see(m.owner, m.team):
+            raise Problem(404, f"no machine {ref!r} visible to you")  # another's machine is not even named
+        return show_json(m, spent, history) | stored_price(m)
+
+    def orm_show(who: Caller, ref: str) -> dict[str, Any]:
         with server.ledger.read() as session:
             m = visible_machine(session, who, ref)
             spent = store.costs(session, [m.id])[m.id]
-            history = [
-                {"at": _iso(e.at), "kind": e.kind, "from": e.from_status, "to": e.to_status, "reason": e.reason}
-                for e in store.events(session, m.id)
-            ]
-        return machine_json(m, spent) | {
-            "request": m.request,
-            "plan": m.plan,
-            "price": m.price_breakdown,
-            "provider_refs": {k: v for k, v in (m.provider_refs or {}).items() if k != "host_facts"},
-            "manifest": m.manifest,
-            "validation": m.validation,
-            "events": history,
-            "price_per_hour_stored": str(m.price_per_hour),  # as the ledger keeps it (`deepops show`)
-        }
+            return show_json(m, spent, store.events(session, m.id)) | stored_price(m)
 
     @app.post(API + "/machines", tags=["machines"], status_code=202, summary="Request a machine")
     def request_machine(who: Who, body: MachineIn, request: Request, response: Response) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The server's hot read, GET /machines, without the ORM.
+"""The server's hot reads without the ORM: GET /machines and token checks.
 
 Listing is what every page and client polls. It goes through ledger.quickread (the database's own
 driver, integer cost columns) on connections kept open, one per thread of a small pool, so a
@@ -18,25 +18,31 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
+from deepops_infra.errors import DeepopsError
 from deepops_infra.ledger import quickread
 
 THREADS = 4
 
 
-class Listing:
-    def __init__(self, url: str, cache_seconds: float = 0.0, threads: int = THREADS) -> None:
+class Unavailable(Exception):
+    """quickread cannot serve this ledger (another driver, another schema revision)."""
+
+
+class KeptConnections:
+    """Database connections kept open, one per thread of a small pool, for the server's hot reads
+    (listing, token checks): a read costs one indexed query, not an ORM session, and the event
+    loop never waits on the database."""
+
+    def __init__(self, url: str, threads: int = THREADS) -> None:
         self.url = url
-        self.cache_seconds = cache_seconds
-        self._answers: dict[tuple[Any, ...], tuple[float, bytes]] = {}
-        self._reading: dict[tuple[Any, ...], asyncio.Future[bytes | None]] = {}
-        self._generation = 0
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deepops-list")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deepops-read")
         self._local = threading.local()
         self._connections: list[Any] = []
         self._lock = threading.Lock()
@@ -61,23 +67,55 @@ class Listing:
         with contextlib.suppress(Exception):
             conn.close()
 
-    def _read(self, at: datetime, include_ended: bool, where: dict[str, str]) -> list[Any] | None:
+    def _run(self, read: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         opened = self._connection()
         if opened is None:
-            return None
+            raise Unavailable
         try:
-            return quickread.read_machines(*opened, at, include_ended=include_ended, where=where)
+            return read(*opened, *args)
+        except DeepopsError:
+            raise  # the answer (no such machine), not a broken connection
         except Exception:
             # A connection the database dropped (restart, idle timeout): one retry on a new one.
             opened = self._connection(fresh=True)
             if opened is None:
-                return None
-            return quickread.read_machines(*opened, at, include_ended=include_ended, where=where)
+                raise Unavailable from None
+            return read(*opened, *args)
+
+    async def read(self, read: Callable[..., Any], *args: Any) -> Any:
+        """`read(conn, mark, *args)` on a pool thread's kept connection; Unavailable when quickread
+        cannot serve the ledger (the caller takes the ORM path)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, read, args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class Listing:
+    """GET /machines's answers per scope, reused for `cache_seconds` (see the module's docstring)."""
+
+    def __init__(self, reads: KeptConnections, cache_seconds: float = 0.0) -> None:
+        self.reads = reads
+        self.cache_seconds = cache_seconds
+        self._answers: dict[tuple[Any, ...], tuple[float, bytes]] = {}
+        self._reading: dict[tuple[Any, ...], asyncio.Future[bytes | None]] = {}
+        self._generation = 0
 
     async def machines(
         self, at: datetime, *, include_ended: bool, where: dict[str, str]
     ) -> list[tuple[SimpleNamespace, Decimal]] | None:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._read, at, include_ended, where)
+        def read(conn: Any, mark: str) -> list[tuple[SimpleNamespace, Decimal]]:
+            return quickread.read_machines(conn, mark, at, include_ended=include_ended, where=where)
+
+        try:
+            return await self.reads.read(read)
+        except Unavailable:
+            return None
 
     def saved(self, *, include_ended: bool, where: dict[str, str]) -> bytes | None:
         """A fresh saved answer for the scope, or None (no I/O: safe anywhere on the event loop)."""
@@ -119,14 +157,6 @@ class Listing:
         """Something changed through this server: no answer read before now is reused."""
         self._generation += 1
         self._answers.clear()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            with contextlib.suppress(Exception):
-                conn.close()
 
 
 def _dumps(value: Any) -> bytes:
