@@ -300,6 +300,41 @@ def test_rate_limit(tmp_path: Any) -> None:
         stop_server(s)
 
 
+def test_made_up_tokens_count_against_the_address(tmp_path: Any) -> None:
+    s = start_server(tmp_path, f"sqlite:///{tmp_path / 'rt.db'}", config="server:\n  rate_per_second: 1\n  burst: 5\n")
+    try:
+        with s.client("alice") as c:
+            assert c.get("/me").status_code == 200  # checked: alice's token is known from now on
+        codes = []
+        for i in range(7):  # each a fresh token: a limit per token would never apply
+            with s.client(token=f"dpo_made-up-{i}") as c:
+                r = c.get("/me")
+                codes.append(r.status_code)
+        assert codes[:5] == [401] * 5 and codes[-1] == 429, codes
+        assert "too many refused tokens from your address" in r.json()["detail"]
+        with s.client("alice") as c:  # a known token from the same address is not held back
+            assert c.get("/me").status_code == 200
+    finally:
+        stop_server(s)
+
+
+def test_rate_limiter_forgets_full_buckets() -> None:
+    from deepops_infra.server.app import RateLimiter
+
+    limiter = RateLimiter(rate=100.0, burst=2)
+    limiter.MAX_KEYS = 3
+    assert limiter.allow("a") == 0 and limiter.allow("a") == 0 and limiter.allow("a") > 0
+    assert limiter.wait("a") > 0  # empty, and wait() counts nothing:
+    time.sleep(0.05)  # every bucket refills at 100/s
+    assert limiter.wait("a") == 0 and limiter.wait("a") == 0
+    for key in ("b", "c"):
+        assert limiter.allow(key) == 0
+    assert set(limiter._buckets) == {"a", "b", "c"}
+    time.sleep(0.05)  # full again: as good as no bucket
+    assert limiter.allow("d") == 0
+    assert set(limiter._buckets) == {"d"}  # made-up keys cannot grow the table without bound
+
+
 def test_bad_server_config_is_refused_at_start(tmp_path: Any) -> None:
     with pytest.raises(AssertionError, match=r"config.yaml:2.*server setting 'colour'"):
         start_server(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", config="server:\n  colour: blue\n")

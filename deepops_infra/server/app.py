@@ -84,22 +84,35 @@ class HostIn(BaseModel):
 class RateLimiter:
     """A token bucket per caller key (the token's hash, or the client address)."""
 
+    MAX_KEYS = 10_000  # beyond this, full buckets (as good as none) are dropped
+
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, burst
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
+    def _level(self, key: str, now: float) -> float:
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - last) * self.rate)
+
     def allow(self, key: str) -> float:
-        """0 when allowed, else the seconds to wait."""
+        """0 when allowed (and counted), else the seconds to wait."""
         now = time.monotonic()
         with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            tokens = self._level(key, now)
+            if len(self._buckets) >= self.MAX_KEYS and key not in self._buckets:
+                self._buckets = {k: v for k, v in self._buckets.items() if self._level(k, now) < self.burst}
             if tokens >= 1:
                 self._buckets[key] = (tokens - 1, now)
                 return 0.0
             self._buckets[key] = (tokens, now)
             return (1 - tokens) / self.rate
+
+    def wait(self, key: str) -> float:
+        """The seconds until `key` would be allowed, without counting anything."""
+        with self._lock:
+            tokens = self._level(key, time.monotonic())
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
 
 
 class Server:
@@ -124,6 +137,7 @@ class Server:
         self.workers.submit(worker.warm)
         self.releasers = pool(RELEASE_WORKERS)
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
+        self.refused = RateLimiter(self.config.rate_per_second, self.config.burst)  # 401s per address
         self.stop = threading.Event()
         self.reads = KeptConnections(self.ledger.url)
         self.listing = Listing(self.reads, self.config.list_cache_seconds)
@@ -133,6 +147,10 @@ class Server:
             from deepops_infra.server.oidc import OidcVerifier
 
             self.oidc = OidcVerifier(self.config.oidc)
+
+    def knows(self, token: str | None) -> bool:
+        """Whether `token` is a valid one this process checked lately (no I/O)."""
+        return token is not None and self.cached_caller(token)[1] is not None
 
     def cached_caller(self, token: str) -> tuple[bool, Caller | None]:
         """(found, caller) from the cache alone: no database, safe on the event loop."""
@@ -242,11 +260,15 @@ class LimitsAndAudit:
         server, request = self.server, Request(scope)
         path, method = scope["path"], scope["method"]
         auth = request.headers.get("authorization", "")
-        key = identity.hash_token(auth) if auth else "ip:" + (request.client.host if request.client else "?")
-        wait = server.limiter.allow(key)
+        address = "ip:" + (request.client.host if request.client else "?")
+        wait, why = server.limiter.allow(identity.hash_token(auth) if auth else address), "rate limit"
+        if not wait and auth and not server.knows(bearer(auth)):
+            # Refused tokens count against the address, so made-up tokens cannot each get a
+            # fresh budget (and a database lookup) of their own.
+            wait, why = server.refused.wait(address), "too many refused tokens from your address"
         if wait:
             refusal: Response | None = problem_response(
-                429, f"rate limit: retry in {wait:.1f}s", path, {"Retry-After": str(max(1, round(wait)))}
+                429, f"{why}: retry in {wait:.1f}s", path, {"Retry-After": str(max(1, round(wait)))}
             )
         elif method in MUTATING and _too_large(request, server.config.max_body_bytes):
             limit = server.config.max_body_bytes
@@ -266,6 +288,8 @@ class LimitsAndAudit:
             # The entry is written before the client sees the answer, so an answer implies its entry;
             # and no listing read before a change is reused after the client heard of it.
             if message["type"] == "http.response.start":
+                if message["status"] == 401:
+                    server.refused.allow(address)
                 if method in MUTATING:
                     server.listing.invalidate()
                 await audit(message["status"])
@@ -288,13 +312,19 @@ class LimitsAndAudit:
         """GET /machines's saved answer for this caller's scope, when the token is valid (cached, or
         one quick read), its role lists machines and the answer is fresh; else None and the request
         takes the full path, which refuses, or reads and saves."""
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = bearer(auth)
+        if token is None:
             return None
-        who = await self.server.caller(token.strip())
+        who = await self.server.caller(token)
         if who is None or who.role not in LISTERS:
             return None
         return self.server.listing.saved(include_ended=False, where=listing_scope(who))
+
+
+def bearer(auth: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    scheme, _, token = auth.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def listing_scope(who: Caller) -> dict[str, str]:
@@ -388,13 +418,12 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
 
     async def caller(request: Request) -> Caller:
         # async: a cached token is checked on the event loop, a miss with one quick read.
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = bearer(request.headers.get("authorization", ""))
+        if token is None:
             raise Problem(
                 401, "send `Authorization: Bearer <token>` (see `deepops login`)", {"WWW-Authenticate": "Bearer"}
             )
-        who = await server.caller(token.strip())
+        who = await server.caller(token)
         if who is None:
             raise Problem(401, "the token is unknown, expired or revoked", {"WWW-Authenticate": "Bearer"})
         request.state.caller = who
