@@ -91,6 +91,11 @@ class ProvisionError(Exception):
         self.retryable = retryable  # no capacity or quota for this offer: the next offer may work
 
 
+class ResourceBusy(Exception):
+    """terminate_resource() cannot remove the resource yet (something still uses it): the reaper
+    leaves it, without an error, for a later cycle."""
+
+
 class Provider(ABC):
     cloud: str
 
@@ -169,6 +174,15 @@ class Provider(ABC):
         """Tell the machine's agent the control plane is alive (and its current expiry)."""
         return None
 
-    def terminate_resource(self, resource: Resource) -> None:
-        """Break-glass: remove a tagged resource that has no live ledger row (an orphan)."""
+    def discover_leftovers(self, found: list[Resource]) -> list[Resource]:
+        """What machines leave besides the resources discover() lists (on AWS an instance's security
+        group, key pair, IAM role and instance profile), of machines with nothing in `found` (this
+        cycle's discover()): the reaper removes them with terminate_resource() once no live ledger
+        row holds their machine. Read before the ledger, as discover() is. Default: none."""
+        return []
+
+    def terminate_resource(self, resource: Resource) -> str | None:
+        """Break-glass: remove a tagged resource that has no live ledger row (an orphan). Returns a
+        note on what else was removed or left (None: nothing to add); raises ResourceBusy when the
+        resource cannot be removed yet."""
         raise NotImplementedError(f"{self.cloud}: removing orphans is not supported")

@@ -2,8 +2,9 @@
 
 1. Discover every provider's reality (first, so any resource found has its ledger row already:
    rows are written before resources exist).
-2. Reconcile with the ledger: an orphan is a resource of this installation with no live row; a
-   ghost is a live row whose resources are confirmed gone (closed at the confirmed time).
+2. Reconcile with the ledger: an orphan is a resource of this installation with no live row (also
+   one a machine left beside its own resources once those are gone: provider.discover_leftovers);
+   a ghost is a live row whose resources are confirmed gone (closed at the confirmed time).
 3. Evaluate the policies for every live machine (reaper/policy.py), reading utilization and
    checking in with each machine's agent.
 4. Warn (webhook, once per episode), and once the grace is over act: tear down through the
@@ -32,7 +33,7 @@ from deepops_infra.ledger.db import Ledger
 from deepops_infra.ledger.schema import Event, Machine, Notification, ReaperAction, UtilizationSample
 from deepops_infra.lifecycle import Lifecycle
 from deepops_infra.progress import QuietProgress
-from deepops_infra.providers.base import Provider, Resource, Utilization
+from deepops_infra.providers.base import Provider, Resource, ResourceBusy, Utilization
 from deepops_infra.reaper import guards
 from deepops_infra.reaper.lock import MachineLocks
 from deepops_infra.reaper.policy import LIVE_STATES, Due, MachineFacts, evaluate
@@ -172,11 +173,17 @@ class Reaper:
             report.installation_id = installation = store.installation_id(session)
             clouds = self.clouds(store.list_machines(session))
         found: dict[str, list[Resource]] = {}
+        leftovers: list[Resource] = []
         for cloud in clouds:
             try:
                 found[cloud] = self.provider(cloud).discover()
             except Exception as exc:  # one target failing must not stop the others
                 report.errors.append(f"{cloud}: discovery failed: {type(exc).__name__}: {exc}")
+                continue
+            try:
+                leftovers += self.provider(cloud).discover_leftovers(found[cloud])
+            except Exception as exc:  # its machines are still reaped; what they left waits for a later cycle
+                report.errors.append(f"{cloud}: listing leftovers failed: {type(exc).__name__}: {exc}")
         live = self._load_live(now)
         try:
             over = over_budget_teams(self.settings, self.ledger, now, alert=not dry_run)
@@ -191,6 +198,8 @@ class Reaper:
         seen, ours, gone = self._classify(found, installation, report)
         protected = {mid for mid, rs in ours.items() if any(guards.verdict(r, installation) == "protected" for r in rs)}
         actions += self._orphans(ours, protected, live, now, report)
+        left, left_protected = self._left_behind(leftovers, seen, installation)
+        actions += self._orphans(left, left_protected, live, now, report)  # after the machines' own: the cap
         to_evaluate = []
         for item in live.values():
             m = item.machine
@@ -291,6 +300,25 @@ class Reaper:
                 if verdict in (guards.OURS, guards.PROTECTED):
                     ours[key].append(r)
         return seen, ours, gone
+
+    @staticmethod
+    def _left_behind(
+        leftovers: list[Resource], seen: set[str], installation: str
+    ) -> tuple[dict[str, list[Resource]], set[str]]:
+        """Leftovers of this installation by machine ID, only of machines none of whose own resources
+        is still there (while one is, removing it is what takes them along), and which are protected."""
+        held: dict[str, list[Resource]] = defaultdict(list)
+        protected: set[str] = set()
+        for r in leftovers:
+            key = r.machine_id or r.resource_id
+            if r.state in guards.GONE_STATES or key in seen:
+                continue
+            verdict = guards.verdict(r, installation)
+            if verdict in (guards.OURS, guards.PROTECTED):
+                held[key].append(r)
+            if verdict == guards.PROTECTED:
+                protected.add(key)
+        return held, protected
 
     # -- reconciling --------------------------------------------------------------------------
 
@@ -565,22 +593,26 @@ class Reaper:
         resource = action.resource
         assert resource is not None
         try:
-            self.provider(action.cloud).terminate_resource(resource)
+            note = self.provider(action.cloud).terminate_resource(resource)
+        except ResourceBusy as exc:  # nothing was done: no trace, the next cycle tries again
+            action.outcome, action.note = "skipped", f"in use, left for a later cycle: {exc}"
+            return
         except (DeepopsError, NotImplementedError, OSError) as exc:
             if not action.machine_id:
                 note = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 self._record_unknown(action, resource, "failed", note)
             raise
-        action.outcome = "done"
+        action.outcome, action.note = "done", note
         if action.machine_id:
             with self.ledger.write() as session:
                 row = store.find_machine(session, action.machine_id)
                 store.add_event(session, row, "reaper", f"orphan removed: {action.detail}", data=action.to_json())
         else:
-            self._record_unknown(action, resource, "done")
+            self._record_unknown(action, resource, "done", note)
 
     def _record_unknown(self, action: Action, resource: Resource, outcome: str, note: str | None = None) -> None:
         data = {**action.to_json(), "outcome": outcome, "note": note, "tags": resource.tags}
+        failed = "failed: " if outcome == "failed" else ""
         with self.ledger.write() as session:
             session.add(
                 ReaperAction(
@@ -591,7 +623,7 @@ class Reaper:
                     machine_tag=(resource.machine_id or "")[:64] or None,
                     action=action.kind,
                     reason=action.reason,
-                    detail=action.detail if note is None else f"{action.detail}; failed: {note}",
+                    detail=action.detail if note is None else f"{action.detail}; {failed}{note}",
                     outcome=outcome,
                     data=data,
                 )

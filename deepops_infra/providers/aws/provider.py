@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra.errors import OperationError
-from deepops_infra.providers.aws import readpath
+from deepops_infra.providers.aws import companions, readpath
 from deepops_infra.providers.aws.clients import Clients
 from deepops_infra.providers.aws.images import pin_for, pins_of
 from deepops_infra.providers.aws.settings import AwsSettings, aws_settings
@@ -110,13 +110,35 @@ class AwsProvider(PulumiCloudProvider):
             return None
         return readpath.gone_since(self.clients, machine.region, instance_id)
 
-    def terminate_resource(self, resource: Resource) -> None:
-        """Break-glass terminate by instance ID (the instance must carry this installation's tags)."""
+    def discover_leftovers(self, found: list[Resource]) -> list[Resource]:
+        """What stacks/aws made beside the instances of machines with no live instance in `found` (a
+        break-glass terminate's security group still in use then, a failed destroy's remains)."""
+        busy = {r.machine_id for r in found if r.machine_id}
+        iam = self._iam_region() if self.aws.agent_metrics else None
+        return companions.companions(self.clients, self.regions(), self._installation_id(), iam, skip=busy)
+
+    def terminate_resource(self, resource: Resource) -> str | None:
+        """Break-glass removal of an orphan that carries this installation's tags: an instance by ID,
+        then what its stack made beside it (a security group it still uses is left for a later
+        cycle's discover_leftovers), or one such leftover."""
+        installation = self._installation_id()
+        if companions.kind_of(resource.resource_id) != "instance":
+            companions.remove(self.clients, resource, installation, self._iam_region())
+            return None
         location = resource.location or ""
         region = location[:-1] if location[-1:].isalpha() else location  # us-east-1b -> us-east-1
-        state = readpath.terminate(self.clients, region, resource.resource_id, self._installation_id())
+        state = readpath.terminate(self.clients, region, resource.resource_id, installation)
         if state not in ("shutting-down", "terminated"):
             raise OperationError(f"{resource.resource_id}: EC2 reports {state} after terminate")
+        if not resource.machine_id:
+            return None
+        iam = self._iam_region() if self.aws.agent_metrics else None
+        return companions.remove_companions(self.clients, region, resource.machine_id, installation, iam)
+
+    def _iam_region(self) -> str:
+        """IAM is global; its client takes a configured region (which picks the partition)."""
+        regions = self.regions()
+        return regions[0] if regions else "us-east-1"
 
     def pin_summary(self) -> tuple[bool, str]:
         from deepops_infra.providers.aws.images import load_pins
