@@ -136,6 +136,7 @@ class Server:
         self.workers = pool(WORKERS)
         self.workers.submit(worker.warm)
         self.releasers = pool(RELEASE_WORKERS)
+        self._releasers_warm = False
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
         self.refused = RateLimiter(self.config.rate_per_second, self.config.burst)  # 401s per address
         self.stop = threading.Event()
@@ -147,6 +148,15 @@ class Server:
             from deepops_infra.server.oidc import OidcVerifier
 
             self.oidc = OidcVerifier(self.config.oidc)
+
+    def warm_releasers(self) -> None:
+        """Start a release worker when the first launch is asked for: what is launched is released
+        later, and that release should not also wait for a process to start and import the lifecycle."""
+        if not self._releasers_warm:
+            self._releasers_warm = True
+            from deepops_infra.server import worker
+
+            self.releasers.submit(worker.warm)
 
     def knows(self, token: str | None) -> bool:
         """Whether `token` is a valid one this process checked lately (no I/O)."""
@@ -551,6 +561,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
 
         home = str(server.settings.home)
         server.workers.submit(worker.launch, home, machine.id, lifecycle.fallbacks(machine.id), body.keep_on_failure)
+        server.warm_releasers()
         response.headers["Location"] = f"{API}/machines/{machine.id}"
         return machine_json(machine, None) | {"plan": plan}
 
