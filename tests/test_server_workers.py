@@ -84,7 +84,8 @@ def test_stopping_the_server_ends_its_workers_after_the_grace_period(tmp_path: P
     never = str(tmp_path / "never")
     with TestClient(app):
         busy = [server.workers.submit(hold_until, never, deaf) for deaf in (False, True)]
-        queued = [server.workers.submit(hold_until, never) for _ in range(server_app.WORKERS)]
+        # more than the workers and the executor's call queue (workers + 1) hold: the last stays queued
+        queued = [server.workers.submit(hold_until, never) for _ in range(3 * server_app.WORKERS)]
         deadline = time.monotonic() + 60
         while not all(f.running() for f in busy):
             assert time.monotonic() < deadline, "the workers did not start"
