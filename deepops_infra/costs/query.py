@@ -16,6 +16,11 @@ ix_usage_intervals_machine_cost, no sort, no join), then the per-machine rows ar
 their machine once and grouped by the report's dimensions. A machine's row says whether it had
 usage in the period, so machine counts need no DISTINCT.
 
+A report costs what its period touches, not what the ledger holds: the machines are chosen by
+their usage span (machines.usage_from_us/usage_to_us, closed when a machine ends) through range
+searches of migration 0006's indexes, and only their intervals and samples are read, by machine
+(see _touching).
+
 Idle time comes from utilization samples: a sample with `active = false` covers
 (max(at - interval_seconds, previous sample's at), at] of its machine; `active` NULL counts as
 active. Each idle stretch (clipped to the period) is priced like a usage piece, at the machine's
@@ -38,6 +43,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    or_,
     select,
     text,
     true,
@@ -123,14 +129,20 @@ def _price_micro(dialect: str, column: Any) -> ColumnElement[int]:
     return cast(column * US, BigInteger)
 
 
-def _usage(dialect: str, window: Window, buckets: Buckets | None, only: Any) -> list[Any]:
+def _usage(dialect: str, window: Window, buckets: Buckets | None, only: Any, spanning: Any = None) -> list[Any]:
     """Per machine (and bucket): cost, GPU-microseconds, whether running, its price if so.
 
-    `only`: the machines to read (a SELECT of machine IDs)."""
+    `only`: the machines to read (a SELECT of machine IDs); `spanning`: those of them that may
+    have an interval spanning three buckets (by default all)."""
     start, end = _big(window.start_us), _big(window.end_us)
+    u = UsageInterval
+    ended = func.coalesce(u.ended_us, _big(window.now_us))
+    inside = [u.started_us < end, ended > start]  # overlapping the window
+    read = [u.machine_id.in_(only), *inside]
 
     def per_machine(t: Any, b0: Any, b1: Any, bucket: Any | None, where: list[Any], froms: list[Any]) -> Any:
-        """`t`: the interval columns (UsageInterval or a subquery's .c); `froms`: what to select from."""
+        """`t`: the interval columns (UsageInterval or a subquery's .c); `where`: which of them;
+        `froms`: what to select from."""
         ended = func.coalesce(t.ended_us, _big(window.now_us))
         lo, hi = _greatest(dialect, t.started_us, b0), _least(dialect, ended, b1)
         whole = (t.started_us >= b0) & (t.ended_us <= b1)  # NULL (open) is never whole
@@ -147,18 +159,16 @@ def _usage(dialect: str, window: Window, buckets: Buckets | None, only: Any) -> 
                 func.max(case((t.ended_us.is_(None), t.price_micro), else_=0)).label("burn_micro"),
             )
             .select_from(*froms)
-            .where(t.machine_id.in_(only), t.started_us < end, ended > start, *where)
+            .where(*where)
             .group_by(t.machine_id, *([] if bucket is None else [bucket]))
         )
 
-    u = UsageInterval
     if buckets is None:
-        return [per_machine(u, start, end, None, [], [u])]
+        return [per_machine(u, start, end, None, read, [u])]
     # An interval's first and last buckets are arithmetic: one pass over the intervals with a
     # two-row table gives both ends. Only intervals spanning three buckets or more are joined
     # with the grid, for the whole buckets between their ends (a join of every interval with
     # every bucket would cost intervals x buckets).
-    ended = func.coalesce(u.ended_us, _big(window.now_us))
     lo, hi = _greatest(dialect, u.started_us, start), _least(dialect, ended, end)
     origin, width = _big(buckets.origin_us), _big(buckets.width_us)
     first, last = (lo - origin) // width, (hi - 1 - origin) // width
@@ -166,12 +176,11 @@ def _usage(dialect: str, window: Window, buckets: Buckets | None, only: Any) -> 
     idx = type_coerce(case((ends.c.k == 0, first), else_=last), BigInteger)
     b0 = _greatest(dialect, origin + idx * width, start)
     b1 = _least(dialect, origin + (idx + 1) * width, end)
-    edges = per_machine(
-        u, b0, b1, type_coerce(idx, Integer), [(ends.c.k == 0) | (last != first)], [u.__table__.join(ends, true())]
-    )
+    one_end = (ends.c.k == 0) | (last != first)  # an interval within one bucket is counted once
+    edges = per_machine(u, b0, b1, type_coerce(idx, Integer), [*read, one_end], [u.__table__.join(ends, true())])
     long = (
         select(u, first.label("first"), last.label("last"))
-        .where(u.machine_id.in_(only), u.started_us < end, ended > start, last - first >= 2)
+        .where(u.machine_id.in_(only if spanning is None else spanning), *inside, last - first >= 2)
         .offset(0)  # materialized first: the grid is joined with these few rows only
         .subquery("long")
     )
@@ -241,16 +250,69 @@ def _idle(dialect: str, window: Window, only: Any) -> Any:
     return query
 
 
-def _scope(team: str | None) -> Any:
-    query = select(Machine.id)
+# How many of the longest closed machines are found by their length rather than by their start
+# (see _touching): what bounds how far before a period the others start.
+LONGEST = 100
+
+
+def _length() -> ColumnElement[int]:
+    """A closed machine's usage span, in microseconds: the expression of ix_machines_usage_length."""
+    return type_coerce(Machine.usage_to_us - Machine.usage_from_us, BigInteger)
+
+
+def reach_us(session: Session) -> int:
+    """The usage span of the LONGEST-th longest closed machine (0 when there are fewer): a backward
+    walk of LONGEST entries of ix_machines_usage_length. Read before the report's statement, so
+    that the planner sees the bounds _touching derives from it."""
+    length = _length()
+    longest = select(length).where(length.is_not(None)).order_by(length.desc())
+    return int(session.execute(longest.offset(LONGEST - 1).limit(1)).scalar() or 0)
+
+
+def _touching(window: Window, reach: int, team: str | None, *, edges_only: bool, longer_than: int = 0) -> Any:
+    """The IDs of the machines whose usage may touch the window: all others add nothing to it.
+
+    A closed machine longer than `reach` (reach_us) is one of the few found by their length
+    (ix_machines_usage_length); one no longer began less than `reach` before any instant it
+    covers, so those crossing the window's start began in (start - reach, start) and those
+    crossing its end in (end - reach, end) (ix_machines_usage). The split is exact for any
+    `reach`, which only decides what is read. Plus every machine without closed totals (running,
+    never started, or ended before migration 0005 closed them: ix_machines_unclosed). The long
+    ones are not narrowed down to the window (one that misses it adds nothing): a range on their
+    start or end would let a planner read them through ix_machines_usage instead.
+
+    `edges_only`: the closed machines crossing an edge of the window, not those wholly inside it
+    (their totals are read from their rows, see _closed); else all that overlap it.
+    `longer_than`: only the closed machines whose usage spans more (told from the index entries).
+
+    One SELECT with the parts OR'ed (PostgreSQL: a BitmapOr, SQLite: a MULTI-INDEX OR), not a
+    UNION: the planner can then tell how many machines come out (a few at the edges of a month of
+    a long ledger, or every machine of a short one) and choose between looking up their intervals
+    and scanning them all."""
+    start, end = window.start_us, window.end_us
+    first, last, length = Machine.usage_from_us, Machine.usage_to_us, _length()
+    long = length > max(reach, longer_than)
+    enough = length > longer_than if longer_than else true()
+    if edges_only:
+        parts = [
+            (first > start - reach) & (first < start) & (last > start) & enough,
+            (first > end - reach) & (first < end) & (last > end) & enough,
+            long & or_(first < start, last > end),
+        ]
+    else:
+        parts = [(first > start - reach) & (first < end) & (last > start) & enough, long]
+    unclosed = last.is_(None) & or_(first.is_(None), first < end)
+    query = select(Machine.id).where(or_(*parts, unclosed))
     return query.where(Machine.team == team) if team else query
 
 
 def _wholly_inside(window: Window) -> Any:
-    """Machines whose totals are closed and whose whole usage lies in the window."""
+    """Machines whose totals are closed and whose whole usage lies in the window. The bound
+    usage_from_us <= end (implied: usage_from_us <= usage_to_us) makes it a range of ix_machines_usage."""
     return (
         Machine.usage_to_us.is_not(None)
         & (Machine.usage_from_us >= window.start_us)
+        & (Machine.usage_from_us <= window.end_us)
         & (Machine.usage_to_us <= window.end_us)
     )
 
@@ -333,17 +395,18 @@ def aggregate(
     machines (with usage in the window), running, burn_micro (per hour), proj_micro (forecast).
     Idle and forecasts are left out of a time series. `top`: only the N costliest groups."""
     _no_jit(session, dialect)
+    reach = reach_us(session)
     if buckets is not None:
-        series = _added_up(
-            dialect, replace(window, forecast_end_us=0), by, _usage(dialect, window, buckets, _scope(team))
-        )
+        touching = _touching(window, reach, team, edges_only=False)
+        # An interval over three buckets or more is longer than one, and so is its machine.
+        spanning = _touching(window, reach, team, edges_only=False, longer_than=buckets.width_us)
+        usage = _usage(dialect, window, buckets, touching, spanning)
+        series = _added_up(dialect, replace(window, forecast_end_us=0), by, usage)
         return list(session.execute(series))
     # Machines with closed totals wholly inside the window are read from their rows; the others
     # (running, crossing an edge of the window, or never closed) are added up from their
     # intervals and samples. The two kinds of group rows are then summed.
-    rest = _scope(team).where(
-        ~_wholly_inside(window) & (Machine.usage_from_us.is_(None) | (Machine.usage_from_us < window.end_us))
-    )
+    rest = _touching(window, reach, team, edges_only=True)
     added = _added_up(dialect, window, by, [*_usage(dialect, window, None, rest), _idle(dialect, window, rest)])
     both = union_all(_closed(window, by, team), added).subquery("groups")
     keys = [both.c[name] for name in by]
@@ -357,7 +420,8 @@ def aggregate(
 
 def team_spend(session: Session, dialect: str, window: Window, team: str) -> int:
     """A team's cost in the window, in micro-dollars (the budget refusal rule asks inside its transaction)."""
-    usage = _usage(dialect, window, None, _scope(team))[0].subquery("pm")
+    touching = _touching(window, reach_us(session), team, edges_only=False)
+    usage = _usage(dialect, window, None, touching)[0].subquery("pm")
     return int(session.execute(select(func.sum(usage.c.cost_micro))).scalar() or 0)
 
 

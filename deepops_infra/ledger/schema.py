@@ -90,7 +90,20 @@ class Machine(Base):
     total_idle_micro: Mapped[int | None] = mapped_column(BigInteger)
     total_idle_gpu_us: Mapped[int | None] = mapped_column(BigInteger)
 
-    __table_args__ = (Index("ix_machines_live", "ended_at", "created_at"),)
+    # A cost report finds the machines touching its period by range searches of these (migration
+    # 0006, costs/query._touching): closed machines by the start of their usage, the longest ones by
+    # its length, those without closed totals (running, never started) by a partial index.
+    __table_args__ = (
+        Index("ix_machines_live", "ended_at", "created_at"),
+        Index("ix_machines_usage", "usage_from_us", "usage_to_us"),
+        Index("ix_machines_usage_length", text("(usage_to_us - usage_from_us)"), "usage_from_us", "usage_to_us"),
+        Index(
+            "ix_machines_unclosed",
+            "usage_from_us",
+            sqlite_where=text("usage_to_us IS NULL"),
+            postgresql_where=text("usage_to_us IS NULL"),
+        ),
+    )
 
 
 class Event(Base):
