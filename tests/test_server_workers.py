@@ -160,9 +160,19 @@ def test_workers_of_a_killed_server_exit_on_their_own(sqlite_deepops: Any) -> No
 
 
 def children(pid: int) -> list[int]:
-    """The server's worker processes (multiprocessing's resource tracker is not one)."""
-    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "spawn_main"], capture_output=True, text=True, check=False)
-    return [int(x) for x in out.stdout.split()]
+    """The server's worker processes (multiprocessing's resource tracker is not one), from /proc."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid and b"spawn_main" in command:
+            found.append(int(proc.name))
+    return found
 
 
 def alive(pid: int) -> bool:
