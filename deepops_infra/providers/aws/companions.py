@@ -8,7 +8,8 @@ ones whose instance is gone for the reaper's sweep. Only what carries this insta
 machine's tag and the machine's name is ever listed or removed.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -131,48 +132,44 @@ def companions(
     return found + keys + groups
 
 
-def _delete_security_group(ec2: Any, group_id: str) -> None:
+@contextmanager
+def _removing(what: str, busy: str | None = None) -> Iterator[None]:
+    """One removal's AWS errors: already gone counts as removed; in use (DependencyViolation) is
+    ResourceBusy when `busy` says by what; anything else fails the removal with AWS's message."""
     from botocore.exceptions import ClientError
 
     try:
-        ec2.delete_security_group(GroupId=group_id)
+        yield
     except ClientError as exc:
-        if _code(exc) == "DependencyViolation":
-            raise ResourceBusy(f"{group_id} is still in use by a network interface (its instance's)") from None
+        if busy is not None and _code(exc) == "DependencyViolation":
+            raise ResourceBusy(f"{what} is still in use by {busy}") from None
         if _code(exc) not in NOT_FOUND:
-            raise _failed(f"deleting {group_id}", exc) from None
+            raise _failed(f"deleting {what}", exc) from None
+
+
+def _delete_security_group(ec2: Any, group_id: str) -> None:
+    with _removing(group_id, busy="a network interface (its instance's)"):
+        ec2.delete_security_group(GroupId=group_id)
 
 
 def _delete_key_pair(ec2: Any, name: str) -> None:
-    from botocore.exceptions import ClientError
-
-    try:
+    with _removing(f"key pair {name}"):
         ec2.delete_key_pair(KeyName=name)
-    except ClientError as exc:
-        if _code(exc) not in NOT_FOUND:
-            raise _failed(f"deleting key pair {name}", exc) from None
 
 
 def _delete_instance_profile(iam: Any, profile: dict[str, Any]) -> None:
     """Take its roles out of it (the profile is ours; the roles stay), then delete it."""
-    from botocore.exceptions import ClientError
-
     name = profile["InstanceProfileName"]
-    try:
+    with _removing(f"instance profile {name}"):
         for role in profile.get("Roles", []):
             iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
         iam.delete_instance_profile(InstanceProfileName=name)
-    except ClientError as exc:
-        if _code(exc) not in NOT_FOUND:
-            raise _failed(f"deleting instance profile {name}", exc) from None
 
 
 def _delete_role(iam: Any, name: str) -> None:
     """Its inline policies, its managed policies' attachments, then the role. A role still in an
     instance profile waits for that profile's removal (listed, and removed, before it)."""
-    from botocore.exceptions import ClientError
-
-    try:
+    with _removing(f"role {name}"):
         profiles = iam.list_instance_profiles_for_role(RoleName=name).get("InstanceProfiles", [])
         if profiles:
             names = ", ".join(p["InstanceProfileName"] for p in profiles)
@@ -184,9 +181,6 @@ def _delete_role(iam: Any, name: str) -> None:
             for policy in page.get("AttachedPolicies", []):
                 iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
         iam.delete_role(RoleName=name)
-    except ClientError as exc:
-        if _code(exc) not in NOT_FOUND:
-            raise _failed(f"deleting role {name}", exc) from None
 
 
 def _delete_iam(iam: Any, kind: str, item: dict[str, Any]) -> None:
