@@ -334,7 +334,7 @@ class LimitsAndAudit:
 def bearer(auth: str) -> str | None:
     """The token of an `Authorization: Bearer <token>` header, or None."""
     scheme, _, token = auth.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 def listing_scope(who: Caller) -> dict[str, str]:
@@ -446,13 +446,18 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
             raise Problem(403, f"role {who.role} may not do this (needs {' or '.join(roles)})")
 
     def visible_machine(session: Any, who: Caller, ref: str) -> Machine:
-        need(who, "member", "team-admin", "it-admin")
+        return seen(who, ref, lambda: store.find_machine(session, ref))
+
+    def seen(who: Caller, ref: str, find: Any) -> Any:
+        """What `find()` finds for `ref`, when the caller may see it; else 404 (another's machine
+        is not even named)."""
+        need(who, *LISTERS)
         try:
-            m = store.find_machine(session, ref)
+            m = find()
         except NotFoundError:
-            raise Problem(404, f"no machine {ref!r} visible to you") from None
-        if not who.can_see(m.owner, m.team):
-            raise Problem(404, f"no machine {ref!r} visible to you")  # another's machine is not even named
+            m = None
+        if m is None or not who.can_see(m.owner, m.team):
+            raise Problem(404, f"no machine {ref!r} visible to you")
         return m
 
     def scope(query: Any, who: Caller) -> Any:
@@ -509,10 +514,9 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         except Unavailable:
             return await run_in_threadpool(orm_show, who, ref)
         except NotFoundError:
-            raise Problem(404, f"no machine {ref!r} visible to you") from None
-        if not who.can_see(m.owner, m.team):
-            raise Problem(404, f"no machine {ref!r} visible to you")  # another's machine is not even named
-        return show_json(m, spent, history) | stored_price(m)
+            m, spent, history = None, None, []
+        shown = seen(who, ref, lambda: m)
+        return show_json(shown, spent, history) | stored_price(shown)
 
     def orm_show(who: Caller, ref: str) -> dict[str, Any]:
         with server.ledger.read() as session:
