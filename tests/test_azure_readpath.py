@@ -1,6 +1,7 @@
 """The Azure read path with azure-mgmt-compute and azure-mgmt-monitor against a local server
 answering recorded ARM JSON (nextLink pages, power states, spot and deallocated VMs, VMs that
-are not ours), through the configured Resource Manager endpoint and a bearer token."""
+are not ours), through the configured Resource Manager endpoint and a bearer token. Break-glass
+removal and ghost confirmation: tests/test_azure_orphans.py."""
 
 import json
 from collections.abc import Iterator
@@ -11,7 +12,6 @@ import pytest
 
 pytest.importorskip("azure.mgmt.compute")
 
-from deepops_infra.errors import UserError
 from deepops_infra.providers.azure import images, readpath
 from deepops_infra.providers.azure.clients import Clients, loopback_http
 from deepops_infra.providers.azure.settings import AzureSettings
@@ -104,42 +104,6 @@ def test_utilization_per_gpu_from_azure_monitor(api: Api, clients: Clients) -> N
     assert q["metricnamespace"] == ["telegraf/nvidia_smi"]
     assert q["$filter"] == ["index eq '*'"]
     assert readpath.utilization(clients, vm_id.replace("m-0a1b2c3d", "m-nothing"), now=now).active is None
-
-
-def test_break_glass_deletes_only_our_machines_group_and_waits_for_it(api: Api, clients: Clients) -> None:
-    page = served(api, "azure", "vms_page1.json")
-    ours, foreign = page["value"][0], page["value"][1]
-    polls: list[str] = []
-
-    def route(seen: Seen) -> tuple[int, Any, dict[str, str]] | None:
-        for vm in (ours, foreign):
-            if seen.method == "GET" and seen.path == vm["id"]:
-                return 200, vm, {}
-        if seen.method == "DELETE" and seen.path == f"/subscriptions/{SUB}/resourcegroups/deepops-m-0a1b2c3d":
-            location = (
-                f"{api.url}/subscriptions/{SUB}/operationresults/eyJqb2JJZCI6IlJFU09VUkNFR1JPVVA?api-version=2021-04-01"
-            )
-            return 202, None, {"Location": location, "Retry-After": "0"}
-        if seen.method == "GET" and "/operationresults/" in seen.path:
-            polls.append(seen.path)
-            return (
-                (200, None, {})
-                if len(polls) > 1
-                else (202, None, {"Location": api.url + seen.path, "Retry-After": "0"})
-            )
-        return None
-
-    api.on(route)
-    with pytest.raises(UserError, match="not managed by this deepops installation"):
-        readpath.delete(clients, foreign["id"], INSTALL)
-    with pytest.raises(UserError, match="does not exist"):
-        readpath.delete(clients, ours["id"].replace("0a1b2c3d", "deadbeef"), INSTALL)
-    assert not [s for s in api.seen if s.method == "DELETE"]
-    readpath.delete(clients, ours["id"], INSTALL)
-    [deleted] = [s for s in api.seen if s.method == "DELETE"]
-    assert deleted.query["api-version"] == ["2021-04-01"]
-    assert deleted.headers["authorization"] == "Bearer test-token"
-    assert len(polls) == 2
 
 
 def test_a_token_goes_over_plain_http_only_to_a_loopback_endpoint(token: Token) -> None:

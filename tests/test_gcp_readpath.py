@@ -48,20 +48,23 @@ def test_discover_follows_pages_skips_warning_zones_and_foreign_instances(api: A
     api.on(aggregated)
     found = readpath.discover(clients, "gpu-lab", INSTALL)
     assert [(r.machine_id, r.resource_id, r.state, r.location) for r in found] == [
-        ("m-33334444", "deepops-m-33334444", "stopped", "europe-west4-a"),  # stopped: its disk still bills
+        # Status TERMINATED is a stopped instance (host maintenance of a GPU machine leaves it there):
+        # it still exists and its disk bills, as a suspended one's does.
+        ("m-33334444", "deepops-m-33334444", "stopped", "europe-west4-a"),
+        ("m-55556666", "deepops-m-55556666", "suspended", "europe-west4-a"),
         ("m-0a1b2c3d", "deepops-m-0a1b2c3d", "running", "us-central1-a"),
         ("m-11112222", "deepops-m-11112222", "running", "us-east4-c"),
     ]
-    # Not reported: the unlabelled jupyter-ada, a TERMINATED one, another installation's machine.
+    # Not reported: the unlabelled jupyter-ada, another installation's machine.
     calls = [s for s in api.seen if s.path == AGG]
     assert len(calls) == 2
     assert calls[0].query["maxResults"] == ["500"]
     assert calls[0].query["filter"] == [
         '(labels.deepops-managed = "true") AND (labels.deepops-installation = "i-1234abcd")'
     ]
-    assert found[1].tags["deepops-expires-at"] == "2026-11-21t14-00-00z"
+    assert found[2].tags["deepops-expires-at"] == "2026-11-21t14-00-00z"
     only_eu = readpath.discover(clients, "gpu-lab", INSTALL, regions=["europe-west4"])
-    assert [r.machine_id for r in only_eu] == ["m-33334444"]
+    assert [r.machine_id for r in only_eu] == ["m-33334444", "m-55556666"]
 
 
 def test_utilization_per_gpu_from_cloud_monitoring(api: Api, clients: Clients) -> None:

@@ -6,7 +6,10 @@ from deepops_infra.providers.base import Resource
 
 MANAGED, INSTALLATION, PROTECT = "deepops-managed", "deepops-installation", "deepops-protect"
 OURS, UNMANAGED, OTHER_INSTALLATION, PROTECTED = "ours", "unmanaged", "other-installation", "protected"
-# Resource states that mean "already gone" (cloud instances linger a while after termination).
+# Resource states that mean "already gone" (EC2 lists a terminated instance for a while). A stopped
+# instance is not gone: it still exists and its disks bill. Providers report it as "stopped" (GCE's
+# status TERMINATED is a stopped instance, never reported as "terminated"), and no stopped state
+# may ever be added here.
 GONE_STATES = frozenset({"terminated", "deleted", "gone"})
 
 

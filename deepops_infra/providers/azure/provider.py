@@ -1,10 +1,10 @@
 """The Azure provider: a machine is a Pulumi stack (stacks/azure) of its own resource group; what
-the clouds share is in providers/cloud.py, the read path in readpath.py."""
+the clouds share is in providers/cloud.py, the read path in readpath.py, orphan removal in breakglass.py."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from deepops_infra.providers.azure import images, readpath
+from deepops_infra.providers.azure import breakglass, images, readpath
 from deepops_infra.providers.azure.clients import Clients
 from deepops_infra.providers.azure.settings import AzureSettings, azure_settings
 from deepops_infra.providers.base import Resource, Utilization
@@ -65,9 +65,15 @@ class AzureProvider(PulumiCloudProvider):
         vm_id = (machine.provider_refs or {}).get("vm_id")
         return readpath.utilization(self.clients, str(vm_id)) if vm_id else None
 
-    def terminate_resource(self, resource: Resource) -> None:
-        """Break-glass: the VM's resource group goes (the VM must carry this installation's tags)."""
-        readpath.delete(self.clients, resource.resource_id, self._installation_id())
+    def confirm_gone(self, machine: "Machine") -> datetime | None:
+        """A ghost is closed only on ARM's word: the machine's VM (or its group) is not found."""
+        vm_id = (machine.provider_refs or {}).get("vm_id")
+        return readpath.gone_since(self.clients, str(vm_id)) if vm_id else None
+
+    def terminate_resource(self, resource: Resource) -> str | None:
+        """Break-glass removal of an orphan VM that carries this installation's tags: its resource
+        group only when that is provably the machine's own, else the VM and its tagged companions."""
+        return breakglass.remove_vm(self.clients, resource.resource_id, self._installation_id())
 
     def pin_summary(self) -> tuple[bool, str]:
         return summary(images.load_pins(), images.LOCK_NAME)

@@ -1,6 +1,7 @@
 """The GCP provider: a machine is a Pulumi stack (stacks/gcp) made from a catalog offer; everything
 common to the clouds is in providers/cloud.py, the read path in readpath.py."""
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra import tags
@@ -73,8 +74,17 @@ class GcpProvider(PulumiCloudProvider):
             return None
         return readpath.utilization(self.clients, self.conf.require_project(), str(instance_id))
 
+    def confirm_gone(self, machine: "Machine") -> datetime | None:
+        """A ghost is closed only on Compute Engine's word: the machine's instance is not found."""
+        refs = machine.provider_refs or {}
+        name, zone = refs.get("instance_name"), refs.get("zone")
+        if not name or not zone or not self.conf.project:
+            return None
+        return readpath.gone_since(self.clients, self.conf.project, str(zone).rsplit("/", 1)[-1], str(name))
+
     def terminate_resource(self, resource: Resource) -> None:
-        """Break-glass delete by name in its zone (the instance must carry this installation's labels)."""
+        """Break-glass delete by name in its zone, running or stopped (the instance must carry this
+        installation's labels). Its boot disk goes with it (autoDelete)."""
         readpath.delete(
             self.clients,
             self.conf.require_project(),

@@ -1,5 +1,6 @@
-"""The GCP read path: what exists (aggregated list filtered by label, every page), GPU utilization
-(Cloud Monitoring, the Ops Agent's `agent.googleapis.com/gpu/utilization` per GPU), break-glass delete.
+"""The GCP read path: what exists (aggregated list filtered by label, every page), whether a machine's
+instance is gone (a ghost's confirmation), GPU utilization (Cloud Monitoring, the Ops Agent's
+`agent.googleapis.com/gpu/utilization` per GPU), break-glass delete.
 
 Labels are the DESIGN tags in GCP's label charset (tags.gcp_labels).
 """
@@ -10,8 +11,13 @@ from deepops_infra import tags
 from deepops_infra.errors import OperationError, UserError
 from deepops_infra.providers.base import Resource, Utilization
 from deepops_infra.providers.gcp.clients import Clients
+from deepops_infra.providers.ownership import carries, gone_on_not_found
 
-LIVE_STATES = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING", "STOPPED", "SUSPENDING", "SUSPENDED", "REPAIRING")
+# Every status GCE answers names an instance that exists. TERMINATED is a *stopped* instance (its
+# disks still bill and it can be started again; host maintenance leaves GPU machines there with
+# onHostMaintenance TERMINATE), never a deleted one: a deleted instance is simply not found. So it
+# is reported as "stopped", a state the reaper never takes for gone (guards.GONE_STATES).
+STATES = {"TERMINATED": "stopped", "STOPPED": "stopped", "SUSPENDED": "suspended", "": "unknown"}
 GPU_METRIC = "agent.googleapis.com/gpu/utilization"
 WINDOW = timedelta(minutes=15)
 PAGE_SIZE = 500
@@ -28,7 +34,12 @@ def label_filter(installation_id: str) -> str:
 
 
 def _ours(labels: dict[str, str], installation_id: str) -> bool:
-    return labels.get(MANAGED) == "true" and labels.get(INSTALLATION) == tags.gcp_label_value(installation_id)
+    return carries(labels, installation_id, form=tags.gcp_label_value)
+
+
+def state_of(status: str) -> str:
+    """The reported state of a GCE instance status (lower case; TERMINATED is "stopped")."""
+    return STATES.get(status, status.lower())
 
 
 def _zone(url: str) -> str:
@@ -36,7 +47,8 @@ def _zone(url: str) -> str:
 
 
 def discover(clients: Clients, project: str, installation_id: str, regions: list[str] | None = None) -> list[Resource]:
-    """Every live instance labelled as this installation's, in every zone (a zone's warning is no error).
+    """Every instance labelled as this installation's, in every zone (a zone's warning is no error),
+    whatever its status: a stopped or suspended one still exists and bills for its disks.
 
     The label filter goes to the server; what comes back is checked again, so an instance that is
     not ours is never reported whatever the server answers."""
@@ -50,7 +62,7 @@ def discover(clients: Clients, project: str, installation_id: str, regions: list
         for inst in scoped.instances:
             labels = dict(inst.labels)
             zone = _zone(inst.zone)
-            if not _ours(labels, installation_id) or inst.status not in LIVE_STATES:
+            if not _ours(labels, installation_id):
                 continue
             if regions and zone.rsplit("-", 1)[0] not in regions:
                 continue
@@ -59,7 +71,7 @@ def discover(clients: Clients, project: str, installation_id: str, regions: list
                     cloud="gcp",
                     machine_id=labels.get(MACHINE),
                     resource_id=inst.name,
-                    state=inst.status.lower(),
+                    state=state_of(inst.status),
                     tags=labels,
                     location=zone,
                 )
@@ -95,6 +107,23 @@ def utilization(clients: Clients, project: str, instance_id: str, now: datetime 
     if not gpu:
         return unknown
     return Utilization(at=now, gpu_percent=gpu, gpu_memory_percent=[], active=any(v > 0 for v in gpu))
+
+
+def _instance_not_found(exc: Exception) -> bool:
+    """Compute Engine's own word that the instance does not exist: a 404 whose error says notFound."""
+    from google.api_core.exceptions import NotFound
+
+    return isinstance(exc, NotFound) and any(
+        isinstance(e, dict) and e.get("reason") == "notFound" for e in (exc.errors or [])
+    )
+
+
+def gone_since(clients: Clients, project: str, zone: str, name: str, now: datetime | None = None) -> datetime | None:
+    """When Compute Engine confirms the instance is gone (not found); None while it exists, in any
+    status (a stopped one is not gone), or when the API cannot tell."""
+    return gone_on_not_found(
+        lambda: clients.instances().get(project=project, zone=zone, instance=name), _instance_not_found, now
+    )
 
 
 def wait_operation(clients: Clients, project: str, zone: str, name: str, timeout_s: float = OPERATION_WAIT_S) -> None:
