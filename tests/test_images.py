@@ -36,8 +36,41 @@ def test_lock_matches_pinned_sha256(name):
     image = SHIPPED[name]
     assert verify_onprem_lock(image) is None
     assert re.fullmatch(r"[0-9a-f]{64}", image.onprem.sha256)
-    assert image.pin_for("onprem") == f"sha256:{image.onprem.sha256}"
-    assert image.pin_for("aws") is None
+    assert provider("onprem").image_pin(image, None) == f"sha256:{image.onprem.sha256}"
+
+
+def provider(cloud: str):  # type: ignore[no-untyped-def]
+    from deepops_infra.config import Settings
+    from deepops_infra.providers import get_provider
+
+    return get_provider(cloud, Settings(home=Path("/nonexistent")), None)  # pins need no ledger
+
+
+@pytest.mark.parametrize(
+    ("cloud", "region", "pin"),
+    [
+        ("aws", "us-west-2", "ami-0d2e6a7ac9b1f3c55"),
+        ("aws", "eu-west-1", None),  # pytorch is not baked there
+        ("aws", None, None),
+        (
+            "gcp",
+            "europe-west4",
+            "https://www.googleapis.com/compute/v1/projects/deeplearning-platform-release"
+            "/global/images/common-cu124-v20250325-ubuntu-2204-py310",
+        ),  # the global pin, as a self-link
+        ("azure", "eastus", "microsoft-dsvm:ubuntu-hpc:2204:22.04.2025052101"),
+        ("azure", "westeurope", None),
+    ],
+)
+def test_each_provider_is_the_authority_on_its_pins(cloud, region, pin):
+    """One lock reader, each cloud's own rule: what placement plans with is what `--like` checks."""
+    from deepops_infra.images import cloud_lock_pins
+
+    image = SHIPPED["pytorch"]
+    assert provider(cloud).image_pin(image, region) == pin
+    assert provider(cloud).pin_for("pytorch", region or "") == pin
+    if pin is not None and cloud != "gcp":
+        assert cloud_lock_pins("pytorch")[cloud][region] == pin
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -111,7 +144,7 @@ def test_image_without_onprem_pin(tmp_path):
     (tmp_path / "bare.yaml").write_text("name: bare\ngpu_required: true\n")
     image = load_images(tmp_path)["bare"]
     assert image.gpu_required is True
-    assert image.pin_for("onprem") is None
+    assert provider("onprem").image_pin(image, None) is None
     assert verify_onprem_lock(image) == "no on-prem pin"
 
 

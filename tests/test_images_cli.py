@@ -120,12 +120,37 @@ def test_cloud_pin_hook_is_called(image_copy, monkeypatch):
 
 def test_cloud_lock_pins_read_every_cloud_lock(tmp_path):
     (tmp_path / "gcp.lock.yaml").write_text(
-        "images:\n  pytorch:\n    regions:\n      global: projects/p/global/images/deepops-pytorch-1\n"
+        "images:\n  pytorch:\n    regions:\n      global: projects/ml-images/global/images/deepops-pytorch-1\n"
     )
     (tmp_path / "x.yaml").write_text("name: x\n")
-    assert cloud_lock_pins("pytorch", tmp_path) == {"gcp": {"global": "projects/p/global/images/deepops-pytorch-1"}}
+    assert cloud_lock_pins("pytorch", tmp_path) == {
+        "gcp": {"global": "projects/ml-images/global/images/deepops-pytorch-1"}
+    }
     assert cloud_lock_pins("x", tmp_path) == {}
     assert set(load_images(tmp_path)) == {"x"}  # a lock is not an image definition
+
+
+@pytest.mark.parametrize(
+    ("lock", "text", "line", "why"),
+    [
+        ("aws.lock.yaml", "images:\n  pytorch:\n    regions:\n      us-east-1: ami-latest\n", 4, "is not an AMI ID"),
+        (
+            "gcp.lock.yaml",
+            "images:\n  p:\n    regions:\n      global: projects/p-123/global/images/family/f\n",
+            4,
+            "family",
+        ),
+        ("azure.lock.yaml", "images:\n  p:\n    regions:\n      eastus: a:b:c:latest\n", 4, "uses `latest`"),
+        ("azure.lock.yaml", "images:\n  p:\n    ssh_user: 5\n    regions: {}\n", 3, "p.ssh_user must be a string"),
+        ("moon.lock.yaml", "images: {}\n", 1, "no provider reads moon image pins"),
+    ],
+)
+def test_every_lock_is_read_by_one_reader_with_its_clouds_rule(tmp_path, lock, text, line, why):
+    """Whoever asks (images ls/show, placement, `up --like`), a pin that can move is refused, naming the line."""
+    (tmp_path / lock).write_text(text)
+    with pytest.raises(FileError) as err:
+        cloud_lock_pins("pytorch", tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / lock}:{line}: ") and why in err.value.message
 
 
 GPU = """name: g
@@ -273,11 +298,11 @@ def test_bake_record_writes_the_ids_into_the_locks(tmp_path):
     assert pins["gcp"] == {"global": "projects/ml-images/global/images/deepops-pytorch-20261121"}
     assert cloud_lock_pins("cpu-minimal", folder) == cloud_lock_pins("cpu-minimal")  # untouched
     # The AWS provider reads the lock bake.py wrote, other fields of the entry kept.
-    from deepops_infra.providers.aws.images import parse_lock
+    from deepops_infra.providers.aws.images import load_pins
 
-    entry = parse_lock(folder / "aws.lock.yaml")["pytorch"]
+    entry = load_pins(folder)["pytorch"]
     assert entry.regions["eu-west-1"] == "ami-0fedcba9876543210" and entry.ssh_user == "ubuntu"
-    assert entry.ami_name.startswith("Deep Learning Base OSS Nvidia Driver GPU AMI")
+    assert entry.source.startswith("Deep Learning Base OSS Nvidia Driver GPU AMI")
 
 
 def test_bake_record_refuses_what_is_not_an_image_id(tmp_path):

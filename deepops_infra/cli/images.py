@@ -29,7 +29,7 @@ def _summary(image: Any) -> dict[str, Any]:
             "container_toolkit": gpu.container_toolkit,
             "framework": gpu.framework,
         },
-        "onprem_pin": image.pin_for("onprem"),
+        "onprem_pin": image.onprem.pin if image.onprem else None,
         "onprem_lock_ok": verify_onprem_lock(image) is None,
         "bases": image.bases,
         "cloud_pins": cloud_lock_pins(image.name),
@@ -149,12 +149,6 @@ def verify(
             )
     else:
         hook = cloud_pin_verifier(cloud)
-        if hook is None and cloud == "aws":
-            # Until providers/aws/images.py offers the hook, the AWS catalog command checks the AMIs.
-            from deepops_infra.cli.catalog import images_verify
-
-            images_verify(cloud=cloud, json_out=json_out)
-            return
         if hook is None:
             raise UserError(
                 f"--cloud {cloud}: no pin check for {cloud} yet "

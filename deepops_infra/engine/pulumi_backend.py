@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from deepops_infra.engine.base import Backend, OnEvent, StackOutputs
 from deepops_infra.errors import UserError
-from deepops_infra.paths import project_dir
+from deepops_infra.paths import private_dir, project_dir
 from deepops_infra.yamlfile import FileError
 
 if TYPE_CHECKING:
@@ -52,12 +52,53 @@ def passphrase(settings: "Settings") -> str:
     env = os.environ.get("PULUMI_CONFIG_PASSPHRASE")
     if env:
         return env
-    path = settings.ensure_home() / PASSPHRASE_FILE
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return read_or_create_secret(settings.ensure_home() / PASSPHRASE_FILE)
+
+
+def read_or_create_secret(path: Path) -> str:
+    """The secret in `path`, created once when missing. Any number of processes may race here and
+    all get the same non-empty value: the secret is written and fsynced in a private temp file of
+    the same folder, then hard-linked to its name, which fails for all but the first (they read
+    the winner's). Only a complete file ever has the final name, so a reader never sees a partial
+    one; a stack encrypted with a passphrase nobody kept could never be destroyed."""
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process linked its own first: everyone uses that one
+        else:
+            _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> str:
+    value = path.read_text().strip()
+    if not value:
+        raise UserError(
+            f"{path} is empty (written by an interrupted older version?): if no Pulumi stack was created "
+            "with it, delete the file and run again; else restore the passphrase into it"
+        )
+    return value
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def describe(event: Any) -> str | None:
@@ -90,8 +131,7 @@ class PulumiBackend(Backend):
     def work_dir(self) -> Path:
         """A private copy of stacks/<cloud> that Pulumi may write its stack files into."""
         source = project_dir("stacks") / self.cloud
-        work = self.settings.home / "pulumi" / "work" / self.cloud
-        work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        work = private_dir(self.settings.home / "pulumi" / "work" / self.cloud)
         for item in source.iterdir():
             if (item.is_file() and not item.name.startswith("Pulumi.")) or item.name == "Pulumi.yaml":
                 shutil.copy2(item, work / item.name)
@@ -99,8 +139,11 @@ class PulumiBackend(Backend):
 
     def _env(self) -> dict[str, str]:
         url = backend_url(self.settings)
-        if url.startswith("file://"):
-            Path(url.removeprefix("file://")).mkdir(parents=True, exist_ok=True, mode=0o700)
+        state = Path(url.removeprefix("file://"))
+        if url.startswith("file://") and state == self.settings.home / "pulumi":
+            private_dir(state)  # the embedded stack state: 0700 like all of $DEEPOPS_HOME
+        elif url.startswith("file://"):
+            state.mkdir(parents=True, exist_ok=True, mode=0o700)  # a folder IT named: made, never changed
         return {
             "PULUMI_BACKEND_URL": url,
             "PULUMI_CONFIG_PASSPHRASE": passphrase(self.settings),

@@ -8,7 +8,7 @@ utilization. Anything above this file never imports a cloud SDK or Ansible.
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra.pricing import Price, decimal_text
@@ -161,8 +161,10 @@ class Provider(ABC):
         return None
 
     def image_pin(self, image: "Image", region: str | None) -> str | None:
-        """The image's immutable pin on this target in `region`; None when it has none there."""
-        return image.pin_for(self.cloud)
+        """The image's immutable pin on this target in `region` today; None when it has none there.
+        The provider is the one authority on its pins (`up --like` checks an earlier machine's
+        pin against this); plans carry the same value."""
+        return None
 
     # -- reaper hooks (defaults are the safe answer) ------------------------------------------
 
@@ -186,3 +188,8 @@ class Provider(ABC):
         note on what else was removed or left (None: nothing to add); raises ResourceBusy when the
         resource cannot be removed yet."""
         raise NotImplementedError(f"{self.cloud}: removing orphans is not supported")
+
+    def prune_quarantine(self, older_than: timedelta) -> list[Resource]:
+        """Remove what terminate_resource() moved aside instead of deleting (on-prem: orphan
+        workspaces in quarantine) once older than `older_than`; what was removed. Default: none."""
+        return []

@@ -1,69 +1,28 @@
 """AMI pins per image and region (images/aws.lock.yaml), and their check against describe_images."""
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from deepops_infra.paths import images_dir
-from deepops_infra.yamlfile import FileError, Mapping, load_yaml
+from deepops_infra.providers.cloudimages import Pins, load_lock, region_pin
 
+CLOUD = "aws"
 LOCK_NAME = "aws.lock.yaml"
+AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 
 
-@dataclass(frozen=True)
-class AmiPins:
-    image: str
-    ssh_user: str
-    python: str
-    regions: dict[str, str] = field(default_factory=dict)
-    ami_name: str = ""
+def problem(ref: str) -> str | None:
+    return None if AMI.match(ref) else "is not an AMI ID (ami- and 8 or 17 hex digits)"
 
 
-def _is_ami(value: object) -> bool:
-    return isinstance(value, str) and value.startswith("ami-") and len(value) in (12, 21)
-
-
-def parse_lock(path: Path) -> dict[str, AmiPins]:
-    raw = load_yaml(path)
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("images"), Mapping):
-        raise FileError(path, 1, "the AWS image lock needs `images:` mapping image names to pins")
-    pins = {}
-    images = raw["images"]
-    for name, entry in images.items():
-        line = images.line_of(name)
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("regions"), Mapping):
-            raise FileError(path, line, f"{name}: needs `regions:` mapping region -> AMI ID")
-        regions = entry["regions"]
-        for region, ami in regions.items():
-            if not _is_ami(ami):
-                raise FileError(
-                    path, regions.line_of(region), f"{name}.{region}: {ami!r} is not an AMI ID (ami- and 8 or 17 hex)"
-                )
-        pins[str(name)] = AmiPins(
-            image=str(name),
-            ssh_user=str(entry.get("ssh_user", "ubuntu")),
-            python=str(entry.get("python", "/usr/bin/python3")),
-            regions={str(r): str(a) for r, a in regions.items()},
-            ami_name=str(entry.get("ami_name", "")),
-        )
-    return pins
-
-
-@cache
-def load_pins(directory: Path | None = None) -> dict[str, AmiPins]:
-    path = (directory or images_dir()) / LOCK_NAME
-    return parse_lock(path) if path.exists() else {}
+def load_pins(directory: Path | None = None) -> dict[str, Pins]:
+    return load_lock(CLOUD, directory)
 
 
 def pin_for(image: str, region: str) -> str | None:
-    entry = load_pins().get(image)
-    return entry.regions.get(region) if entry else None
-
-
-def pins_of(image: str) -> AmiPins | None:
-    return load_pins().get(image)
+    return region_pin(CLOUD, image, region)
 
 
 @dataclass(frozen=True)
@@ -89,7 +48,7 @@ def check_image(region: str, image: str, ami: str, found: dict[str, Any] | None,
     return PinCheck(image, region, ami, True, found.get("Name") or "available")
 
 
-def verify(client_for: Any, pins: dict[str, AmiPins] | None = None) -> list[PinCheck]:
+def verify(client_for: Any, pins: dict[str, Pins] | None = None) -> list[PinCheck]:
     """Every pin, one describe_images call per region (client_for(region) -> an EC2 client)."""
     pins = load_pins() if pins is None else pins
     by_region: dict[str, list[tuple[str, str]]] = {}

@@ -11,12 +11,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra.errors import OperationError
-from deepops_infra.providers.aws import companions, readpath
+from deepops_infra.providers.aws import companions, images, readpath
 from deepops_infra.providers.aws.clients import Clients
-from deepops_infra.providers.aws.images import pin_for, pins_of
 from deepops_infra.providers.aws.settings import AwsSettings, aws_settings
 from deepops_infra.providers.base import Resource, Utilization
 from deepops_infra.providers.cloud import HOURS_PER_MONTH, PulumiCloudProvider, offer_price
+from deepops_infra.providers.cloudimages import summary
 
 if TYPE_CHECKING:
     from deepops_infra.agent.settings import AgentSettings
@@ -47,10 +47,10 @@ class AwsProvider(PulumiCloudProvider):
         return SSH_WAIT_S
 
     def pin_for(self, image: str, region: str) -> str | None:
-        return pin_for(image, region)
+        return images.pin_for(image, region)
 
     def pins(self, image: str) -> Any:
-        return pins_of(image)
+        return images.load_pins().get(image)
 
     def cloud_config(self, machine: "Machine") -> dict[str, Any]:
         """Region and AMI, and the instance's IAM: a role allowing PutMetricData into the namespace
@@ -141,8 +141,4 @@ class AwsProvider(PulumiCloudProvider):
         return regions[0] if regions else "us-east-1"
 
     def pin_summary(self) -> tuple[bool, str]:
-        from deepops_infra.providers.aws.images import load_pins
-
-        pins = load_pins()
-        detail = "; ".join(f"{name}: {', '.join(sorted(p.regions))}" for name, p in sorted(pins.items()))
-        return bool(pins), detail or "images/aws.lock.yaml has no pins"
+        return summary(images.load_pins(), images.LOCK_NAME)

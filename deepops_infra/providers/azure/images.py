@@ -3,13 +3,12 @@
 
 import re
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from deepops_infra.paths import images_dir
-from deepops_infra.providers.cloudimages import Pins, parse_lock
+from deepops_infra.providers.cloudimages import Pins, load_lock, region_pin
 
+CLOUD = "azure"
 LOCK_NAME = "azure.lock.yaml"
 URN = re.compile(r"^(?P<publisher>[\w.-]+):(?P<offer>[\w.-]+):(?P<sku>[\w.-]+):(?P<version>[0-9]+(\.[0-9]+){2})$")
 GALLERY = re.compile(
@@ -34,15 +33,12 @@ def image_reference(ref: str) -> dict[str, str]:
     return {"id": ref}
 
 
-@cache
 def load_pins(directory: Path | None = None) -> dict[str, Pins]:
-    path = (directory or images_dir()) / LOCK_NAME
-    return parse_lock(path, problem) if path.exists() else {}
+    return load_lock(CLOUD, directory)
 
 
 def pin_for(image: str, region: str) -> str | None:
-    entry = load_pins().get(image)
-    return entry.regions.get(region) if entry else None
+    return region_pin(CLOUD, image, region)
 
 
 @dataclass(frozen=True)

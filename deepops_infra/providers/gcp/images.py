@@ -2,13 +2,12 @@
 
 import re
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from deepops_infra.paths import images_dir
-from deepops_infra.providers.cloudimages import Pins, parse_lock
+from deepops_infra.providers.cloudimages import Pins, load_lock, region_pin
 
+CLOUD = "gcp"
 LOCK_NAME = "gcp.lock.yaml"
 API = "https://www.googleapis.com/compute/v1/"
 GLOBAL = "global"  # GCP images are global: one pin under `global:` serves every region
@@ -32,17 +31,12 @@ def self_link(ref: str) -> str:
     return ref if ref.startswith("https://") else API + ref
 
 
-@cache
 def load_pins(directory: Path | None = None) -> dict[str, Pins]:
-    path = (directory or images_dir()) / LOCK_NAME
-    return parse_lock(path, problem) if path.exists() else {}
+    return load_lock(CLOUD, directory)
 
 
 def pin_for(image: str, region: str) -> str | None:
-    entry = load_pins().get(image)
-    if entry is None:
-        return None
-    ref = entry.regions.get(region) or entry.regions.get(GLOBAL)
+    ref = region_pin(CLOUD, image, region) or region_pin(CLOUD, image, GLOBAL)
     return self_link(ref) if ref else None
 
 
