@@ -47,9 +47,10 @@ def test_aws_section_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         tmp_path,
         monkeypatch,
         "aws:\n  regions: us-west-2\n  ssh_cidr: 203.0.113.9/24\n"
-        "  endpoints: {pricing: http://p}\n  gp3_gb_month: 0.0952\n",
+        "  endpoints: {pricing: http://p}\n  gp3_gb_month: 0.0952\n  read_timeout: 120\n",
     )
     got = aws_settings(s)
+    assert got.read_timeout == 120
     assert got.regions == ("us-west-2",) and got.ssh_cidr == "203.0.113.0/24"
     assert got.endpoint("pricing") == "http://p" and got.endpoint("ec2") is None
     assert str(got.gp3_gb_month) == "0.0952"
@@ -64,6 +65,10 @@ def test_aws_section_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("aws:\n  endpoints: {s3: http://x}\n", r"aws.endpoints: a mapping of service -> URL"),
         ("aws:\n  regions: []\n", r"aws.regions: a list of region names"),
         ("aws:\n  agent_metrics: no-thanks\n", r"config.yaml:2: aws.agent_metrics: true or false"),
+        ("aws:\n  read_timeout: 0\n", r"config.yaml:2: aws.read_timeout: whole seconds"),
+        ("aws:\n  gp3_gb_month: 'NaN'\n", r"config.yaml:2: aws.gp3_gb_month: a finite positive price"),
+        ("aws:\n  gp3_gb_month: Infinity\n", r"config.yaml:2: aws.gp3_gb_month: a finite positive price"),
+        ("aws:\n  gp3_gb_month: -0.08\n", r"config.yaml:2: aws.gp3_gb_month: a finite positive price"),
     ],
 )
 def test_aws_section_errors_name_file_and_line(

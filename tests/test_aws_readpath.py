@@ -34,7 +34,8 @@ def clients(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clients]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    yield Clients(AwsSettings(endpoint_url=moto_url))
+    # moto answers from a thread of this process: on a loaded machine an answer can take minutes
+    yield Clients(AwsSettings(endpoint_url=moto_url, read_timeout=600))
     # moto's servers in one process share their state: leave nothing for the next test file.
     requests.post(f"{moto_url}/moto-api/reset", timeout=10)
 
@@ -158,11 +159,12 @@ def test_break_glass_terminate_only_touches_this_installations_instances(clients
 
 
 def test_verify_pins_with_describe_images(clients: Clients) -> None:
-    from deepops_infra.providers.aws.images import AmiPins, check_image, verify
+    from deepops_infra.providers.aws.images import check_image, verify
+    from deepops_infra.providers.cloudimages import Pins
 
     real = clients.ec2("us-east-1").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     pins = {
-        "pytorch": AmiPins(
+        "pytorch": Pins(
             "pytorch", "ubuntu", "/usr/bin/python3", {"us-east-1": real, "us-west-2": "ami-0deadbeefdeadbeef"}
         )
     }

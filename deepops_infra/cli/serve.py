@@ -34,4 +34,14 @@ def serve(
 
     app = create_app(settings(), reaper=reaper)
     info(f"deepops server on http://{host}:{port}/ (reaper loop {'on' if reaper else 'off'})")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug", timeout_keep_alive=30)
+    # proxy_headers off: uvicorn would believe X-Forwarded-For from any local process; the app
+    # believes it from server.trusted_proxies only (deepops_infra.server.edge).
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=log_level == "debug",
+        timeout_keep_alive=30,
+        proxy_headers=False,
+    )

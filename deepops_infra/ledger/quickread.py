@@ -146,12 +146,15 @@ def read_machines(
     return [(m, micro_dollars(totals[m.id])) for m in machines]
 
 
-def find_machine(conn: Any, mark: str, ref: str, at: datetime) -> tuple[SimpleNamespace, Decimal, list[Any]]:
+def find_machine(
+    conn: Any, mark: str, ref: str, at: datetime, within: dict[str, str] | None = None
+) -> tuple[SimpleNamespace, Decimal, list[Any]]:
     """One machine for `show`, as store.find_machine finds it (by ID, else by name among live
-    machines), with its cost so far and its events (oldest first)."""
+    machines, those matching `within` only), with its cost so far and its events (oldest first)."""
     found = read_machines(conn, mark, at, include_ended=True, where={"id": ref}, detail=True)
     if not found:
-        found = read_machines(conn, mark, at, include_ended=False, where={"name": ref}, detail=True)
+        named = {"name": ref} | (within or {})
+        found = read_machines(conn, mark, at, include_ended=False, where=named, detail=True)
         if len(found) > 1:
             raise ambiguous_name(ref, [m.id for m, _ in found])
     if not found:

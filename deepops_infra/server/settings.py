@@ -8,10 +8,15 @@ server:
   reaper_interval: 1m      # between the cycles of the reaper loop in the server process
   list_cache_seconds: 1    # GET /machines answers are reused this long per scope (0: never);
                            # any change made through this server drops them at once
+  trusted_proxies: []      # addresses or CIDRs of the proxies in front (nginx on 127.0.0.1: [127.0.0.1]);
+                           # X-Forwarded-For is believed from these only (see server.edge)
 """
 
 from dataclasses import dataclass
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+from typing import Any
 
 from deepops_infra.config import Settings
 from deepops_infra.durations import parse_duration
@@ -28,6 +33,7 @@ class ServerSettings:
     reaper_interval: timedelta = timedelta(minutes=1)
     list_cache_seconds: float = 1.0
     oidc: OidcSettings | None = None
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
     @classmethod
     def load(cls, settings: Settings) -> "ServerSettings":
@@ -51,6 +57,8 @@ class ServerSettings:
                 values[key] = value
             elif key == "oidc":
                 values[key] = OidcSettings.parse(value, path, line)
+            elif key == "trusted_proxies":
+                values[key] = _networks(value, path, line)
             elif key in ("token_ttl", "reaper_interval"):
                 try:
                     values[key] = parse_duration(str(value), f"server.{key}")
@@ -60,3 +68,20 @@ class ServerSettings:
                 known = ", ".join(cls.__dataclass_fields__)
                 raise FileError(path, line, f"unknown server setting {key!r}; known: {known}")
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _networks(value: Any, path: Path | None, line: int) -> tuple[IPv4Network | IPv6Network, ...]:
+    """server.trusted_proxies: a list of addresses (a /32 or /128) or CIDRs."""
+    if not isinstance(value, list):
+        raise FileError(path, line, "server.trusted_proxies must be a list of addresses or CIDRs, e.g. [127.0.0.1]")
+    networks = []
+    lines = getattr(value, "item_lines", [])
+    for i, item in enumerate(value):
+        try:
+            if not isinstance(item, str):
+                raise ValueError
+            networks.append(ip_network(item.strip(), strict=False))
+        except ValueError:
+            where = lines[i] if i < len(lines) and lines[i] else line
+            raise FileError(path, where, f"server.trusted_proxies: {item!r} is not an address or a CIDR") from None
+    return tuple(networks)

@@ -35,7 +35,11 @@ class Clients:
                 service,
                 region_name=region,
                 endpoint_url=self.aws.endpoint(service),
-                config=Config(retries={"mode": "standard", "max_attempts": 5}, user_agent_extra="deepops-infra"),
+                config=Config(
+                    retries={"mode": "standard", "max_attempts": 5},
+                    read_timeout=self.aws.read_timeout,
+                    user_agent_extra="deepops-infra",
+                ),
             )
         return self._cache[key]
 

@@ -13,6 +13,7 @@ aws:
   ssh_user: ubuntu                     # login on the machine (default: the AMI's, from images/aws.lock.yaml)
   workspace_root: /opt/deepops         # where leases live on the machine (default: ~<ssh_user>/deepops)
   agent_metrics: true                  # false: no IAM role for the agent's CloudWatch metrics (read as active)
+  read_timeout: 60                     # seconds an API answer may take (slow private endpoints: raise it)
 ```
 """
 
@@ -36,6 +37,7 @@ KNOWN = (
     "ip_detect_url",
     "gp3_gb_month",
     "agent_metrics",
+    "read_timeout",
 )
 SERVICES = ("ec2", "cloudwatch", "pricing", "sts")
 
@@ -53,6 +55,7 @@ class AwsSettings:
     ssh_user: str | None = None
     workspace_root: str | None = None
     agent_metrics: bool = True
+    read_timeout: int = 60
 
     def endpoint(self, service: str) -> str | None:
         return self.endpoints.get(service) or self.endpoint_url
@@ -89,11 +92,18 @@ def aws_settings(settings: Settings) -> AwsSettings:
             if not isinstance(value, bool):
                 raise bad(key, "true or false")
             values[key] = value
+        elif key == "read_timeout":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
+                raise bad(key, "whole seconds from 1 to 3600, e.g. 60")
+            values[key] = value
         elif key == "gp3_gb_month":
             try:
-                values[key] = Decimal(str(value))
+                price = Decimal(str(value))
             except InvalidOperation:
-                raise bad(key, "a price in USD per GB-month, e.g. 0.08") from None
+                price = Decimal("NaN")
+            if isinstance(value, bool) or not price.is_finite() or price <= 0:
+                raise bad(key, "a finite positive price in USD per GB-month, e.g. 0.08")
+            values[key] = price
         else:
             if not isinstance(value, str) or not value:
                 raise bad(key, "a non-empty string")
