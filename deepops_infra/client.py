@@ -36,8 +36,9 @@ def saved_credentials() -> dict[str, str]:
 
 
 def save_credentials(server: str, token: str) -> Path:
-    home = _home()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from deepops_infra.paths import private_dir
+
+    home = private_dir(_home())  # 0700 whoever created it
     path = home / CREDENTIALS
     fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

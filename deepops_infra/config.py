@@ -147,6 +147,16 @@ def _defaults(raw: Any, path: Path, line: int) -> Defaults:
     return Defaults(**values)
 
 
+def _text(raw: Mapping, key: str, path: Path, example: str) -> str | None:
+    """A setting that is a string when given (`ledger_url: 5` is an error, not a crash later)."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise FileError(path, raw.line_of(key), f"{key} must be a string: {example}")
+    return value
+
+
 def parse_config(raw: Any, path: Path) -> Config:
     if raw is None:
         return Config(path=path)
@@ -156,6 +166,9 @@ def parse_config(raw: Any, path: Path) -> Config:
     for key in raw:
         if key not in known:
             raise FileError(path, raw.line_of(key), f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
+    for name in SECTIONS:
+        if raw.get(name) is not None and not isinstance(raw[name], Mapping):
+            raise FileError(path, raw.line_of(name), f"{name} must be a mapping of settings, one per indented line")
     defaults = _defaults(raw["defaults"], path, raw.line_of("defaults")) if "defaults" in raw else Defaults()
     default_policy, teams, team_map = TeamPolicy(), {}, Mapping()
     if "policy" in raw:
@@ -171,17 +184,18 @@ def parse_config(raw: Any, path: Path) -> Config:
             str(name): _policy(rules, default_policy, path, f"policy.teams.{name}", team_map.line_of(name))
             for name, rules in team_map.items()
         }
-    pool_file = Path(os.path.expanduser(raw["pool_file"])) if raw.get("pool_file") else None
-    policy_file = Path(os.path.expanduser(raw["policy_file"])) if raw.get("policy_file") else None
+    ledger_url = _text(raw, "ledger_url", path, "a database URL, e.g. postgresql://deepops@db/deepops")
+    pool_file = _text(raw, "pool_file", path, "a path, e.g. ~/lab/pool.yaml")
+    policy_file = _text(raw, "policy_file", path, "a path, e.g. /etc/deepops/policy.yaml")
     return Config(
         path=path,
         defaults=defaults,
         default_policy=default_policy,
         team_policies=teams,
-        ledger_url=raw.get("ledger_url"),
-        pool_file=pool_file,
+        ledger_url=ledger_url,
+        pool_file=Path(os.path.expanduser(pool_file)) if pool_file else None,
         sections={name: raw[name] for name in SECTIONS if name in raw},
-        policy_file=policy_file,
+        policy_file=Path(os.path.expanduser(policy_file)) if policy_file else None,
         team_origins={name: (path, team_map.line_of(name)) for name in teams},
     )
 
@@ -244,5 +258,7 @@ class Settings:
         return self.home / "ansible"
 
     def ensure_home(self) -> Path:
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return self.home
+        """$DEEPOPS_HOME, 0700 whoever created it (see paths.private_dir)."""
+        from deepops_infra.paths import private_dir
+
+        return private_dir(self.home)

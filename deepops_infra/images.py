@@ -58,11 +58,6 @@ class Image:
     gpu: GpuStack | None = None
     bases: dict[str, dict[str, str]] = field(default_factory=dict)  # cloud -> region -> base image to bake from
 
-    def pin_for(self, cloud: str) -> str | None:
-        if cloud == "onprem":
-            return self.onprem.pin if self.onprem else None
-        return None
-
 
 EXACT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -109,21 +104,39 @@ def _bases(path: Path, raw: Mapping) -> dict[str, dict[str, str]]:
     return {str(cloud): {str(r): str(i) for r, i in regions.items()} for cloud, regions in bases.items()}
 
 
+def _check_types(path: Path, raw: Mapping) -> None:
+    """Wrongly typed settings are errors naming their line (`gpu_required: "no"` is not false)."""
+    if not isinstance(raw.get("description", ""), str):
+        raise FileError(path, raw.line_of("description"), "description must be a string")
+    if not isinstance(raw.get("gpu_required", False), bool):
+        raise FileError(path, raw.line_of("gpu_required"), "gpu_required must be true or false")
+    versions = raw.get("versions")
+    if versions is not None and (
+        not isinstance(versions, Mapping) or not all(isinstance(v, str | int | float) for v in versions.values())
+    ):
+        raise FileError(path, raw.line_of("versions"), 'versions maps names to versions, e.g. torch: "2.13.0"')
+
+
 def _load(path: Path) -> Image:
     raw = load_yaml(path)
     if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
         raise FileError(path, 1, "an image file needs at least `name:`")
+    _check_types(path, raw)
     onprem = None
     if (op := raw.get("onprem")) is not None:
         if not isinstance(op, Mapping) or not op.get("lock") or not op.get("sha256"):
             raise FileError(path, raw.line_of("onprem"), "onprem needs `lock:` and `sha256:`")
+        if not isinstance(op["lock"], str):
+            raise FileError(path, op.line_of("lock"), "onprem.lock must be a path to the lock file")
+        if not isinstance(op["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", op["sha256"]):
+            raise FileError(path, op.line_of("sha256"), "onprem.sha256 must be the lock's sha256, 64 hex digits")
         onprem = OnpremPin(
             lock_path=(path.parent / op["lock"]).resolve(), sha256=str(op["sha256"]), python=str(op.get("python", ""))
         )
     return Image(
         name=raw["name"],
         description=str(raw.get("description", "")),
-        gpu_required=bool(raw.get("gpu_required", False)),
+        gpu_required=raw.get("gpu_required", False),
         versions={str(k): str(v) for k, v in (raw.get("versions") or {}).items()},
         onprem=onprem,
         source=path,
@@ -186,25 +199,9 @@ def cloud_pin_verifier(cloud: str) -> Callable[..., Any] | None:
     return hook if callable(hook) else None
 
 
-@cache
-def _cloud_locks(directory: Path) -> dict[str, dict[str, dict[str, str]]]:
-    """{cloud: {image: {region: id}}} from images/<cloud>.lock.yaml (the baked IDs, see packer/)."""
-    locks: dict[str, dict[str, dict[str, str]]] = {}
-    for path in sorted(directory.glob("*.lock.yaml")):
-        raw = load_yaml(path)
-        entries = raw.get("images") if isinstance(raw, Mapping) else None
-        if not isinstance(entries, Mapping):
-            raise FileError(path, 1, "a cloud lock needs `images:` mapping image names to `regions:`")
-        cloud = path.name.removesuffix(".lock.yaml")
-        locks[cloud] = {
-            str(name): {str(r): str(i) for r, i in (entry.get("regions") or {}).items()}
-            for name, entry in entries.items()
-            if isinstance(entry, Mapping)
-        }
-    return locks
-
-
 def cloud_lock_pins(name: str, directory: Path | None = None) -> dict[str, dict[str, str]]:
-    """The baked image IDs of one image, per cloud and region (empty where none was baked)."""
-    locks = _cloud_locks(directory or images_dir())
-    return {cloud: pins[name] for cloud, pins in locks.items() if pins.get(name)}
+    """The baked image IDs of one image, per cloud and region (empty where none was baked), read
+    by the one lock reader (providers/cloudimages.py) with each cloud's own rule."""
+    from deepops_infra.providers.cloudimages import image_pins
+
+    return image_pins(name, directory)

@@ -3,7 +3,10 @@
 Everything here only reads (configuration, pool file, images, and for --like the ledger).
 """
 
-from dataclasses import dataclass, replace
+import os
+import shutil
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra.config import Settings
@@ -23,7 +26,11 @@ from deepops_infra.request import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from deepops_infra.ledger.db import Ledger
     from deepops_infra.ledger.schema import Machine
+    from deepops_infra.pool import Pool, PoolHost
 
 
 @dataclass
@@ -65,8 +72,18 @@ def like_options(opts: Options, earlier: "Machine") -> Options:
     )
 
 
+def refuse_empty(opts: Options) -> None:
+    """An option given with an empty value (`--ttl ''`) is a mistake, never "not given"."""
+    for f in fields(opts):
+        value = getattr(opts, f.name)
+        if isinstance(value, str) and not value.strip():
+            option = "--" + f.name.replace("_", "-")
+            raise UserError(f"{option}: the value is empty; give one, or leave {option} out for the default")
+
+
 def build_request(settings: Settings, opts: Options, like: "Machine | None" = None) -> tuple[MachineRequest, Image]:
     """Validate every option and fill defaults from configuration and policy."""
+    refuse_empty(opts)
     if like is not None:
         opts = like_options(opts, like)
     defaults = settings.config.defaults
@@ -76,13 +93,13 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
     project = check_label("--project", opts.project or defaults.project)
     owner = check_label("--owner", opts.owner or default_owner())
     policy = settings.config.policy_for(team)
-    ttl = parse_ttl(opts.ttl) if opts.ttl else policy.default_ttl
-    idle = parse_idle_timeout(opts.idle_timeout) if opts.idle_timeout else policy.default_idle_timeout
+    ttl = parse_ttl(opts.ttl) if opts.ttl is not None else policy.default_ttl
+    idle = parse_idle_timeout(opts.idle_timeout) if opts.idle_timeout is not None else policy.default_idle_timeout
     image = get_image(opts.image or defaults.image)
     if image.gpu_required and gpus.count == 0:
         raise UserError(f"--image {image.name} needs a GPU; ask for one with --gpus, e.g. --gpus A100:1")
     if like is not None and like.image_pin and image.name == like.image:
-        pinned = _pin_now(image, like.cloud, like.region)
+        pinned = _pin_now(settings, image, like.cloud, like.region)
         if pinned != like.image_pin:
             raise UserError(
                 f"--like {like.id}: image {image.name} now pins {pinned} in {like.cloud} {like.region or ''}, "
@@ -93,12 +110,16 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
     if opts.host is not None and cloud not in ("onprem", "auto"):
         raise UserError(f"--host names an on-prem pool host; it cannot be used with --cloud {cloud}")
     policy_targets = policy.targets
+    pool = None
     if cloud in ("onprem", "auto") and (cloud == "onprem" or "onprem" in policy_targets):
         from deepops_infra.pool import load_pool
 
         pool = load_pool(settings.pool_path)  # a malformed pool file fails here, before any write
         if opts.host is not None:
             pool.get(opts.host)
+    disk_gb = check_disk(opts.disk)
+    if pool is not None and cloud == "onprem" and disk_gb is not None:
+        check_disk_space(settings, pool, disk_gb, opts.host, opts.region)
     request = MachineRequest(
         gpus=gpus,
         cloud=cloud,
@@ -108,7 +129,7 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
         spot=bool(opts.spot),
         ttl=ttl,
         idle_timeout=idle,
-        disk_gb=check_disk(opts.disk),
+        disk_gb=disk_gb,
         owner=owner,
         team=team,
         project=project,
@@ -121,10 +142,77 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
     return request, image
 
 
-def _pin_now(image: Image, cloud: str, region: str | None) -> str | None:
-    """The image's pin today on a target (AMI per region on AWS, the lock hash on-prem)."""
-    if cloud == "aws":
-        from deepops_infra.providers.aws.images import pin_for
+def _pin_now(settings: Settings, image: Image, cloud: str, region: str | None) -> str | None:
+    """The image's pin today on a target, from that target's provider: the one authority on its
+    pins (an image ID per region on a cloud, the lock hash on-prem). Reading pins needs no ledger."""
+    from deepops_infra.providers import get_provider
 
-        return pin_for(image.name, region) if region else None
-    return image.pin_for(cloud)
+    return get_provider(cloud, settings, None).image_pin(image, region)  # type: ignore[arg-type]
+
+
+def find_like(session: "Session", ref: str, scope: dict[str, str] | None = None) -> "Machine":
+    """The machine `up --like REF` repeats: by ID, or by name the live one, else the latest that
+    ended (names are reused once a machine has ended), among those `scope` lets the caller see
+    (column: value, e.g. {"owner": name}; none: all, as in local mode)."""
+    from sqlalchemy import select
+
+    from deepops_infra.errors import NotFoundError
+    from deepops_infra.ledger import quickread, store
+    from deepops_infra.ledger.schema import Machine
+
+    try:
+        return store.find_machine(session, ref, within=scope)
+    except NotFoundError as missing:
+        if str(missing) != str(quickread.no_machine(ref)):
+            raise  # a name several live machines share: the ID is needed
+        visible = [getattr(Machine, column) == value for column, value in (scope or {}).items()]
+        ended = select(Machine).where(Machine.name == ref, Machine.ended_at.is_not(None), *visible)
+        latest = session.scalars(ended.order_by(Machine.created_at.desc(), Machine.id.desc()).limit(1)).first()
+        if latest is None:
+            raise
+        return latest
+
+
+def disk_shortfall(settings: Settings, host: "PoolHost", disk_gb: int) -> str | None:
+    """Why `host` cannot hold a `disk_gb` workspace, or None when it can or nobody knows yet.
+
+    A local host's workspace root is measured now (its nearest existing folder); a remote host is
+    left to the lease play's own check, which measures it before anything is created there."""
+    if host.connection != "local":
+        return None
+    root = Path(os.path.expanduser(host.workspace_root)) if host.workspace_root else settings.workspaces
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free_gb = shutil.disk_usage(probe).free / 1024**3
+    except OSError:
+        return None
+    if free_gb >= disk_gb:
+        return None
+    return f"{host.name} has {free_gb:.1f} GB free under {root}"
+
+
+def check_disk_space(settings: Settings, pool: "Pool", disk_gb: int, host: str | None, region: str | None) -> None:
+    """`--disk` is refused at intake when no pool host that could take the lease has the room."""
+    hosts = [pool.get(host)] if host else [h for h in pool.hosts if not region or h.labels.get("region") == region]
+    short = [why for h in hosts if (why := disk_shortfall(settings, h, disk_gb))]
+    if hosts and len(short) == len(hosts):
+        raise UserError(f"--disk: {disk_gb} GB asked; {'; '.join(short)}; ask for less or free some space")
+
+
+def admission_checks(settings: Settings, session: "Session", request: MachineRequest) -> None:
+    """The rules checked against the ledger when a machine is recorded (the team's running GPUs,
+    its budget), inside the recording transaction; `--dry-run` runs the same on a read."""
+    from deepops_infra.costs.budgets import check_team_budget
+    from deepops_infra.ledger import store
+    from deepops_infra.policy import check_running
+
+    check_running(request, settings.config.policy_for(request.team), store.running_gpus(session, request.team))
+    check_team_budget(settings.config, session, request.team)
+
+
+def check_admission(settings: Settings, ledger: "Ledger", request: MachineRequest) -> None:
+    """`admission_checks` on a read of the ledger, for a request that is only planned (--dry-run)."""
+    with ledger.read() as session:
+        admission_checks(settings, session, request)

@@ -5,6 +5,7 @@ its GPUs detected (optionally restricted with `gpu_indexes`) or declares them un
 where detection is not possible. Hourly rates are required: on-prem time is never free.
 """
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -110,8 +111,11 @@ def _host(raw: Any, path: Path, line: int) -> PoolHost:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise FileError(path, at("port"), f"port must be a number from 1 to 65535, not {port!r}")
     labels = raw.get("labels") or {}
-    if not isinstance(labels, dict):
-        raise FileError(path, at("labels"), "labels must be a mapping of names to values")
+    if not isinstance(labels, dict) or not all(isinstance(v, str | int | float) for v in labels.values()):
+        raise FileError(path, at("labels"), "labels must be a mapping of names to plain values")
+    for key in ("user", "key", "python"):
+        if key in raw and (not isinstance(raw[key], str) or not raw[key].strip()):
+            raise FileError(path, at(key), f"host {name!r}: {key} must be a string")
     rates = raw.get("rates")
     if rates is None and name == "localhost":
         rates = DEFAULT_LOCAL_RATES
@@ -125,11 +129,11 @@ def _host(raw: Any, path: Path, line: int) -> PoolHost:
     parsed_rates = {}
     for key in ("gpu_hour", "host_hour"):
         value = rates.get(key)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
             raise FileError(
                 path,
                 rates.line_of(key) if isinstance(rates, Mapping) else at("rates"),
-                f"rates.{key} must be a positive number of USD per hour (on-prem time is never priced at zero)",
+                f"rates.{key} must be a finite positive number of USD per hour (on-prem time is never priced at zero)",
             )
         parsed_rates[key] = float(value)
     gpu_indexes = raw.get("gpu_indexes")
@@ -144,8 +148,12 @@ def _host(raw: Any, path: Path, line: int) -> PoolHost:
             raise FileError(path, at("gpus"), "gpus must be a list of {index: N, model: NAME}")
         declared = []
         for item, item_line in zip(gpus, gpus.item_lines, strict=True):
-            if not isinstance(item, dict) or not isinstance(item.get("index"), int) or item["index"] < 0:
+            index = item.get("index") if isinstance(item, dict) else None
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
                 raise FileError(path, item_line, "each declared GPU needs `index` (a number >= 0) and `model`")
+            memory = item.get("memory_mib")
+            if memory is not None and (not isinstance(memory, int) or isinstance(memory, bool) or memory <= 0):
+                raise FileError(path, item_line, "memory_mib of a declared GPU must be a whole number of MiB")
             model = canonical_model(str(item.get("model", "")))
             if model is None:
                 raise FileError(
@@ -153,7 +161,7 @@ def _host(raw: Any, path: Path, line: int) -> PoolHost:
                     item_line,
                     f"unknown GPU model {item.get('model')!r}; see `deepops gpus --models` for the known names",
                 )
-            declared.append(DeclaredGpu(item["index"], model, item.get("memory_mib")))
+            declared.append(DeclaredGpu(index, model, memory))
         if len({g.index for g in declared}) != len(declared):
             raise FileError(path, at("gpus"), "a GPU index is declared twice")
         if gpu_indexes is not None:

@@ -2,10 +2,25 @@
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+from deepops_infra.errors import UserError
+
 CENT = Decimal("0.01")
+
+
+def finite_price(value: Any, what: str, allow_zero: bool = False) -> Decimal:
+    """`value` as a Decimal that is finite and positive (or zero when allowed), else a UserError
+    naming `what`: a NaN or infinite price must never reach the ledger (PostgreSQL's NUMERIC
+    takes both)."""
+    try:
+        amount = Decimal(str(value)) if not isinstance(value, bool) else None
+    except (InvalidOperation, ValueError):
+        amount = None
+    if amount is None or not amount.is_finite() or amount < 0 or (amount == 0 and not allow_zero):
+        raise UserError(f"{what}: {str(value)[:40]!r} is not a finite positive price in USD")
+    return amount
 
 
 @dataclass(frozen=True)
@@ -15,13 +30,16 @@ class Price:
     per_hour: Decimal
     parts: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        finite_price(self.per_hour, "price per hour", allow_zero=True)
+
     def to_json(self) -> dict[str, Any]:
         return {"per_hour": str(self.per_hour), **self.parts}
 
 
 def onprem_price(host_hour: float, gpu_hour: float, gpus: int) -> Price:
-    host = Decimal(str(host_hour))
-    gpu = Decimal(str(gpu_hour))
+    host = finite_price(host_hour, "rates.host_hour")
+    gpu = finite_price(gpu_hour, "rates.gpu_hour")
     return Price(per_hour=host + gpu * gpus, parts={"host_hour": str(host), "gpu_hour": str(gpu), "gpus": gpus})
 
 

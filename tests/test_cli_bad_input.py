@@ -42,6 +42,24 @@ def assert_one_line_error(proc, *fragments: str) -> None:
         (("--ttl", "30d"), ("policy", "rule max_ttl", "7d")),
         (("--idle-timeout", "3d"), ("policy", "rule max_idle_timeout")),
         (("--bogus",), ("No such option", "--bogus")),
+        # overflowing and non-ASCII durations (issue 13, items 10 and 13)
+        (("--ttl", "99999999999999999999d"), ("--ttl", "too long", "at most 3650d")),
+        (("--idle-timeout", "9999999999999w"), ("--idle-timeout", "too long")),
+        (("--ttl", "9" * 5000 + "s"), ("--ttl", "too long")),
+        (("--ttl", "\uff15h"), ("--ttl", "not a duration")),  # full-width 5
+        (("--ttl", "\u0661h"), ("--ttl", "not a duration")),  # Arabic-Indic 1
+        # an empty value is a mistake, never "not given" (item 13)
+        (("--ttl", ""), ("--ttl", "empty")),
+        (("--ttl=",), ("--ttl", "empty")),
+        (("--team", ""), ("--team", "empty")),
+        (("--name", ""), ("--name", "empty")),
+        (("--idle-timeout", ""), ("--idle-timeout", "empty")),
+        (("--image", ""), ("--image", "empty")),
+        (("--cloud", " "), ("--cloud", "empty")),
+        (("--disk", ""), ("--disk", "empty")),
+        # a dry run is refused as the real request would be (item 14)
+        (("--ttl", "30d", "--dry-run"), ("policy", "rule max_ttl")),
+        (("--ttl", "", "--dry-run"), ("--ttl", "empty")),
     ],
 )
 def test_bad_request_changes_nothing(sqlite_deepops, args, fragments):
@@ -117,3 +135,83 @@ def test_machine_commands_on_unknown_ids(sqlite_deepops):
     ):
         assert_one_line_error(sqlite_deepops.run(*args), "no machine 'm-nope'")
     assert_one_line_error(sqlite_deepops.run("extend", "m-nope", "--ttl", "0h"), "--ttl")
+    assert_one_line_error(sqlite_deepops.run("extend", "m-nope", "--ttl", "99999999999999999999d"), "--ttl", "too long")
+    assert_one_line_error(sqlite_deepops.run("extend", "m-nope", "--ttl", ""), "--ttl", "empty")
+    assert not sqlite_deepops.home.exists(), "a refused command creates nothing, not even an empty ledger"
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("ls",), 0),
+        (("ls", "--all", "--json"), 0),
+        (("show", "m-nope"), 2),
+        (("show", "m-nope", "--json"), 2),
+        (("ssh", "m-nope", "--", "true"), 2),
+        (("extend", "m-nope", "--ttl", "1h"), 2),
+        (("down", "m-nope", "--yes"), 2),
+        (("validate", "m-nope"), 2),
+        (("cost",), 0),
+        (("cost", "--format", "json"), 0),
+        (("cost", "budgets"), 0),
+        (("pool", "ls"), 0),
+        (("policy", "ls"), 0),
+        (("tokens", "ls"), 0),
+        (("up", "--dry-run"), 0),
+        (("up", "--dry-run", "--json"), 0),
+        (("up", "--gpus", "0", "--ttl", "1h", "--dry-run"), 0),
+    ],
+)
+def test_read_only_and_dry_run_create_nothing(sqlite_deepops, args, code):
+    """Issue 13 item 14: reading an empty DEEPOPS_HOME leaves it as it was (no ledger.db, no folder)."""
+    proc = sqlite_deepops.run(*args)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not sqlite_deepops.home.exists(), sorted(p.name for p in sqlite_deepops.home.rglob("*"))
+
+
+def test_read_only_commands_leave_an_existing_home_as_it_was(sqlite_deepops):
+    sqlite_deepops.write_config("defaults:\n  team: ml\n")
+    for args in (("ls",), ("show", "m-nope"), ("cost",), ("up", "--dry-run")):
+        sqlite_deepops.run(*args)
+    assert sorted(p.name for p in sqlite_deepops.home.iterdir()) == ["config.yaml"]
+
+
+def test_disk_beyond_the_hosts_free_space_is_refused_at_intake(sqlite_deepops):
+    """Issue 13 item 13: `--disk` is compared with the free space of localhost's workspace root
+    before anything is written (the play's own check would come after the machine's row)."""
+    import shutil
+
+    sqlite_deepops.write_pool(
+        "hosts:\n  - name: localhost\n    connection: local\n    rates: {gpu_hour: 2, host_hour: 0.1}\n"
+    )
+    free_gb = shutil.disk_usage(sqlite_deepops.home).free / 1024**3
+    asked = int(free_gb) + 100
+    if asked > 65536:
+        pytest.skip(f"{free_gb:.0f} GB free here: more than --disk can ask for")
+    for extra in ((), ("--host", "localhost"), ("--dry-run",)):
+        proc = sqlite_deepops.run(*UP, "--disk", str(asked), *extra)
+        assert_one_line_error(proc, "--disk", f"{asked} GB", "localhost has", "GB free under")
+    assert sorted(p.name for p in sqlite_deepops.home.iterdir()) == ["pool.yaml"]
+
+
+def test_dry_run_is_refused_over_the_teams_gpus_and_budget(deepops):
+    """Issue 13 item 14: --dry-run runs the same ledger checks as `up` (running GPUs, budget)."""
+    from tests.test_budgets import _running_now
+    from tests.test_costs import add_machine
+
+    deepops.write_pool(declared_pool(4))
+    deepops.write_config(
+        "policy:\n  teams:\n    vision: {max_gpus_running: 2}\n"
+        "budgets:\n  refuse_over_budget: true\n  teams:\n    nlp: 5\n"
+    )
+    ledger = deepops.ledger()
+    with ledger.write() as session:
+        add_machine(session, "m-vision01", team="vision", price="1", gpus=2, status="ready", intervals=[])
+    _running_now(ledger, "nlp", "1000", 1)
+    gpus = ("--gpus", "A100-80GB:1", "--dry-run")
+    assert_one_line_error(deepops.run(*UP, *gpus, "--team", "vision"), "rule max_gpus_running", "the team runs 2 GPUs")
+    assert_one_line_error(deepops.run(*UP, *gpus, "--team", "nlp"), "rule budgets.teams.nlp", "budget for")
+    assert deepops.run(*UP, *gpus, "--team", "other").returncode == 0  # the same dry run, for a team within both
+    with ledger.read() as session:
+        assert session.scalar(select(func.count()).select_from(Machine)) == 2  # only the seeded ones

@@ -199,25 +199,25 @@ def test_get_unknown_host(tmp_path):
         pytest.param(
             "hosts:\n" + SSH + "    rates:\n      gpu_hour: 0\n      host_hour: 0.1\n",
             5,
-            "rates.gpu_hour must be a positive number of USD per hour (on-prem time is never priced at zero)",
+            "rates.gpu_hour must be a finite positive number of USD per hour (on-prem time is never priced at zero)",
             id="zero-gpu-rate",
         ),
         pytest.param(
             "hosts:\n" + SSH + "    rates:\n      gpu_hour: 1.5\n      host_hour: -0.1\n",
             6,
-            "rates.host_hour must be a positive number of USD per hour (on-prem time is never priced at zero)",
+            "rates.host_hour must be a finite positive number of USD per hour (on-prem time is never priced at zero)",
             id="negative-host-rate",
         ),
         pytest.param(
             "hosts:\n" + SSH + "    rates: {gpu_hour: free, host_hour: 1}\n",
             4,
-            "rates.gpu_hour must be a positive number",
+            "rates.gpu_hour must be a finite positive number",
             id="rate-not-number",
         ),
         pytest.param(
             "hosts:\n  - name: localhost\n    rates: {gpu_hour: 0, host_hour: 0}\n",
             3,
-            "rates.gpu_hour must be a positive number",
+            "rates.gpu_hour must be a finite positive number",
             id="localhost-zero-rate",
         ),
         pytest.param(
@@ -381,7 +381,7 @@ RATES = {"gpu_hour": 1.0, "host_hour": 0.1}
         ),
         (
             {"name": "gpu1", "connection": "ssh", "address": "h", "rates": {"gpu_hour": 0.0, "host_hour": 0.1}},
-            "rates.gpu_hour must be a positive number of USD per hour (on-prem time is never priced at zero)",
+            "rates.gpu_hour must be a finite positive number of USD per hour (on-prem time is never priced at zero)",
         ),
         (
             {"name": "gpu1", "connection": "ssh", "address": "h", "port": 0, "rates": RATES},

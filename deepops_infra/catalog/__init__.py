@@ -13,6 +13,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from deepops_infra.accelerators import ACCELERATORS, model_allows
+from deepops_infra.errors import UserError
+from deepops_infra.pricing import finite_price
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "offerings.csv"
 SOURCE = "deepops-infra shared/data/gpu_prices.csv (mid-2025 snapshot of the clouds' public catalog data)"
@@ -91,27 +93,46 @@ class Offering:
         }
 
 
+def _price(text: str, column: str) -> Decimal | None:
+    """An empty cell is "not sold"; anything else must be a finite positive price."""
+    if not text:
+        return None
+    try:
+        return finite_price(text, column)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _row(row: dict[str, str]) -> Offering:
+    if None in row or any(value is None for value in row.values()):
+        raise ValueError(f"expected {len(COLUMNS)} columns")
+    memory = Decimal(row["memory_gib"])
+    if not memory.is_finite() or memory < 0:
+        raise ValueError(f"memory_gib {row['memory_gib']!r} must be a finite number >= 0")
+    return Offering(
+        cloud=row["cloud"],
+        region=row["region"],
+        instance_type=row["instance_type"],
+        accelerator=canonical_accelerator(row["accelerator"]),
+        accelerator_count=int(row["accelerator_count"]),
+        vcpus=int(row["vcpus"]),
+        memory_gib=memory,
+        price_per_hour=_price(row["price_per_hour"], "price_per_hour"),
+        spot_price_per_hour=_price(row["spot_price_per_hour"], "spot_price_per_hour"),
+    )
+
+
 def parse_rows(text: str, where: str) -> list[Offering]:
-    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    reader = csv.DictReader(lines)
+    """The offerings of a catalog file; a bad row is a ValueError naming its line in the file."""
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line and not line.startswith("#")]
+    reader = csv.DictReader([line for _, line in numbered])
     if tuple(reader.fieldnames or ()) != COLUMNS:
         raise ValueError(f"{where}: expected columns {','.join(COLUMNS)}")
     offers = []
-    for n, row in enumerate(reader, start=2):
+    for row in reader:
+        n = numbered[reader.line_num - 1][0]
         try:
-            offers.append(
-                Offering(
-                    cloud=row["cloud"],
-                    region=row["region"],
-                    instance_type=row["instance_type"],
-                    accelerator=canonical_accelerator(row["accelerator"]),
-                    accelerator_count=int(row["accelerator_count"]),
-                    vcpus=int(row["vcpus"]),
-                    memory_gib=Decimal(row["memory_gib"]),
-                    price_per_hour=Decimal(row["price_per_hour"]) if row["price_per_hour"] else None,
-                    spot_price_per_hour=Decimal(row["spot_price_per_hour"]) if row["spot_price_per_hour"] else None,
-                )
-            )
+            offers.append(_row(row))
         except (ValueError, ArithmeticError) as exc:
             raise ValueError(f"{where} row {n}: {exc}") from None
     return offers
@@ -132,13 +153,23 @@ def refreshed_path(home: Path, cloud: str) -> Path:
     return home / "catalog" / f"{cloud}.csv"
 
 
+def read_catalog(path: Path) -> list[Offering]:
+    """One catalog file; unreadable, not UTF-8 or a bad row is a UserError naming the file and line."""
+    from deepops_infra.yamlfile import read_text
+
+    try:
+        return parse_rows(read_text(path), str(path))
+    except ValueError as exc:
+        raise UserError(f"{exc}; fix the file or run `deepops catalog refresh` again") from None
+
+
 def load_catalog(home: Path | None = None) -> list[Offering]:
     """The shipped offerings, with each cloud's part replaced by a refreshed file when there is one."""
-    offers = parse_rows(SHIPPED.read_text(), str(SHIPPED))
+    offers = read_catalog(SHIPPED)
     if home is None:
         return offers
     for cloud in sorted({o.cloud for o in offers} | {"aws"}):
         path = refreshed_path(home, cloud)
         if path.exists():
-            offers = [o for o in offers if o.cloud != cloud] + parse_rows(path.read_text(), str(path))
+            offers = [o for o in offers if o.cloud != cloud] + read_catalog(path)
     return offers

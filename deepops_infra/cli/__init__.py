@@ -39,8 +39,10 @@ def _fail(message: str, code: int) -> None:
 
 def main() -> None:
     """Run the CLI; every error is one line on stderr (2: bad input, nothing changed; 1: failure)."""
+    from deepops_infra.cli.common import refuse_empty_options
+
     try:
-        result = app(standalone_mode=False)
+        result = refuse_empty_options(typer.main.get_command(app))(standalone_mode=False)
     except DeepopsError as exc:
         _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, exc.exit_code)
     except typer.Abort:

@@ -15,11 +15,14 @@ def settings() -> "Settings":
     return Settings.from_env()
 
 
-def open_ledger(s: "Settings") -> "Ledger":
+def open_ledger(s: "Settings", create: bool = True) -> "Ledger":
+    """The ledger; with `create=False` (commands that only read, or refuse before writing) a
+    missing one reads as empty and nothing is created until something is written."""
     from deepops_infra.ledger.db import Ledger
 
-    s.ensure_home()
-    return Ledger(s.ledger_url)
+    if create:
+        s.ensure_home()
+    return Ledger(s.ledger_url, create=create)
 
 
 def print_json(data: Any) -> None:
@@ -43,3 +46,30 @@ def print_table(columns: list[str], rows: list[list[str]], title: str | None = N
 
 def info(message: str) -> None:
     sys.stderr.write(message + "\n")
+
+
+def refuse_empty_options(command: Any) -> Any:
+    """Make every option of `command` (a click command or group, as typer builds it) that takes a
+    value refuse an empty one typed on the command line (`--ttl ''`, `--team=`): an unset shell
+    variable or a stray `=` is a mistake, never "not given"."""
+    for sub in getattr(command, "commands", {}).values():
+        refuse_empty_options(sub)
+    for param in command.params:
+        if param.param_type_name == "option" and not param.is_flag and not param.count:
+            param.handle_parse_result = _refusing_empty(param)
+    return command
+
+
+def _refusing_empty(param: Any) -> Any:
+    import typer
+
+    handle = param.handle_parse_result
+
+    def check(ctx: Any, opts: Any, args: list[str]) -> Any:
+        typed = opts.get(param.name)  # only what the command line gave
+        values = typed if isinstance(typed, list | tuple) else (typed,)
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            raise typer.BadParameter("the value is empty; give one, or leave the option out", ctx, param)
+        return handle(ctx, opts, args)
+
+    return check

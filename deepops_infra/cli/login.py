@@ -91,7 +91,7 @@ def ls(json_out: Json = False) -> None:
         from deepops_infra.ledger import store
         from deepops_infra.server import identity
 
-        with open_ledger(settings()).read() as session:
+        with open_ledger(settings(), create=False).read() as session:
             rows = [identity.token_json(r, store.now()) for r in identity.list_tokens(session)]
     if json_out:
         print_json(rows)

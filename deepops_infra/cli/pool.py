@@ -100,7 +100,7 @@ def rm(
     s = settings()
     pool = load_pool(s.pool_path)
     host = pool.get(name)
-    with open_ledger(s).read() as session:
+    with open_ledger(s, create=False).read() as session:
         live = session.scalar(
             select(func.count())
             .select_from(Machine)
@@ -132,12 +132,13 @@ def ls(
 
     s = settings()
     pool = load_pool(s.pool_path)
-    ledger = open_ledger(s)
+    ledger = open_ledger(s, create=False)
     fresh = detect_gpus(s, [h for h in pool.hosts if h.detects_gpus]) if detect else {}
-    with ledger.write() as session:
-        for found in fresh.values():
-            if not isinstance(found, str):
-                session.merge(found.to_cache())
+    if fresh:
+        with ledger.write() as session:
+            for found in fresh.values():
+                if not isinstance(found, str):
+                    session.merge(found.to_cache())
     rows = []
     with ledger.read() as session:
         for host in pool.hosts:

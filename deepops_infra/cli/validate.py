@@ -27,7 +27,7 @@ def validate(
     from deepops_infra.validation import has_torch, revalidate
 
     s = settings()
-    ledger = open_ledger(s)
+    ledger = open_ledger(s, create=False)
     with ledger.read() as session:
         machine = store.find_machine(session, machine_ref)
     if machine.ended_at is not None:
