@@ -91,7 +91,9 @@ def test_alerts_fire_once_per_threshold(tmp_path: Path, monkeypatch: Any, webhoo
     october = Period.month("2026-10")
 
     def check() -> list[str]:
-        return budgets.send_alerts(settings, ledger, cfg, budgets.status(ledger, cfg, october, NOW))
+        alerts = budgets.send_alerts(settings, ledger, cfg, budgets.status(ledger, cfg, october, NOW))
+        assert all(a.delivered for a in alerts.values())
+        return list(alerts)
 
     assert check() == ["budget:team:nlp:2026-10:50"]
     assert check() == []  # the same threshold never fires twice
@@ -110,6 +112,39 @@ def test_alerts_fire_once_per_threshold(tmp_path: Path, monkeypatch: Any, webhoo
     assert [r["text"].split("past the ")[1] for r in received] == ["50% threshold", "80% threshold", "100% threshold"]
     with ledger.read() as s:
         assert s.scalar(select(func.count()).select_from(Notification).where(Notification.delivered)) == 3
+
+
+def test_alert_not_delivered_is_retried_until_delivered_once(
+    tmp_path: Path, monkeypatch: Any, webhook: Any, ledger_url: str
+) -> None:
+    url, received = webhook
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DEEPOPS_HOME", str(home))
+    for var in ("DEEPOPS_CONFIG", "DEEPOPS_WEBHOOK_URL"):
+        monkeypatch.delenv(var, raising=False)
+    ledger = Ledger(ledger_url)
+    seed(ledger)  # nlp spent 71.1765 of 100 in October: past 50%
+    october, key = Period.month("2026-10"), "budget:team:nlp:2026-10:50"
+
+    def check(notify: str) -> dict[str, Any]:
+        (home / "config.yaml").write_text(f"{notify}budgets:\n  teams:\n    nlp: 100\n")
+        settings = Settings.from_env()
+        cfg = budgets.load(settings.config)
+        return budgets.send_alerts(settings, ledger, cfg, budgets.status(ledger, cfg, october, NOW))
+
+    for _ in range(2):  # no webhook: not delivered, and said so on every run
+        [(got, alert)] = check("").items()
+        assert got == key and not alert.delivered and alert.describe() == "not delivered (no webhook configured)"
+    [(got, alert)] = check("notify:\n  webhook_url: http://127.0.0.1:9/down\n").items()
+    assert not alert.delivered and alert.describe().startswith("not delivered: webhook failed")
+    [(got, alert)] = check(f"notify:\n  webhook_url: {url}\n").items()
+    assert got == key and alert.delivered and len(received) == 1 and "past the 50% threshold" in received[0]["text"]
+    assert check(f"notify:\n  webhook_url: {url}\n") == {} and check("") == {}  # delivered: never again
+    assert len(received) == 1
+    with ledger.read() as s:
+        [row] = s.scalars(select(Notification)).all()
+        assert row.key == key and row.delivered and row.attempts == 2
 
 
 def _running_now(ledger: Ledger, team: str, price: str, hours: float) -> None:
@@ -164,6 +199,24 @@ def test_cli_budgets(deepops: Any) -> None:
         "vision": (48.602056, "ok"),
         "nlp": (71.1765, "over budget"),
     }
-    assert out["alerts_sent"] == []  # a past month sends no alerts
+    assert out["alerts_sent"] == [] and out["alerts_not_delivered"] == []  # a past month sends no alerts
     table = deepops.run("cost", "budgets", "--month", "2026-10", check=True).stdout
     assert "over budget" in table and "$70.00" in table
+
+
+def test_cli_budgets_says_not_delivered_and_delivers_later(deepops: Any, webhook: Any) -> None:
+    url, received = webhook
+    _running_now(deepops.ledger(), "nlp", "1000", 1)  # far past $5 this month
+    budget = "budgets:\n  teams:\n    nlp: 5\n"
+    deepops.write_config(budget)
+    first = deepops.run("cost", "budgets", check=True)
+    assert "alert sent" not in first.stderr
+    assert "alert budget:team:nlp:" in first.stderr and ":100 not delivered (no webhook configured)" in first.stderr
+    out = deepops.json("cost", "budgets")
+    assert out["alerts_sent"] == [] and [a["error"] for a in out["alerts_not_delivered"]] == [
+        "no webhook configured (notify.webhook_url)"
+    ]
+    deepops.write_config(f"notify:\n  webhook_url: {url}\n{budget}")
+    later = deepops.run("cost", "budgets", check=True)
+    assert "alert sent: budget:team:nlp:" in later.stderr and len(received) == 1
+    assert "alert" not in deepops.run("cost", "budgets", check=True).stderr and len(received) == 1

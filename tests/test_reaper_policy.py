@@ -2,11 +2,14 @@
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from deepops_infra import states
 from deepops_infra.config import TeamPolicy
 from deepops_infra.providers.base import Utilization
 from deepops_infra.reaper.policy import MachineFacts, evaluate, idle_since, last_active
 from deepops_infra.reaper.settings import ReaperSettings
+from deepops_infra.yamlfile import FileError
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 RS = ReaperSettings(
@@ -47,16 +50,72 @@ def test_idle_since_walks_back_through_idle_samples_and_stops_at_activity_or_gap
     assert idle_since([], now, timedelta(minutes=5)) == now
 
 
-def test_idle_needs_the_whole_timeout_and_is_warned():
+def idle_from(at: datetime, now: datetime) -> Utilization:
+    return Utilization(at=now, gpu_percent=[0.0], gpu_memory_percent=[3.0], active=False, last_active_at=at)
+
+
+def test_idle_is_warned_a_grace_before_its_timeout_and_due_at_it():
     f = facts()
-    util = Utilization(
-        at=minute(100), gpu_percent=[0.0], gpu_memory_percent=[3.0], active=False, last_active_at=minute(41)
-    )
-    assert evaluate(f, util, [], minute(100), POLICY, RS) is None  # idle 59 minutes of 60
-    due = evaluate(f, util, [], minute(101), POLICY, RS)
-    assert due is not None and due.reason == "idle" and due.warn and due.due_at == minute(101)
-    assert due.detail == "idle for 1h (idle timeout 1h)"
+    util = idle_from(minute(41), minute(90))
+    assert evaluate(f, util, [], minute(90), POLICY, RS) is None  # idle 49 minutes of 60
+    due = evaluate(f, util, [], minute(91), POLICY, RS)  # idle 50 minutes: the 10-minute grace starts
+    assert due is not None and due.reason == "idle" and due.warn
+    assert (due.due_at, due.grace) == (minute(101), timedelta(minutes=10))
+    assert due.detail == "idle for 50m (idle timeout 1h)"
     assert due.warning_key("m-00000001") == f"reaper:m-00000001:idle:{int(minute(41).timestamp())}"
+    assert due.ends_at(minute(91), RS.grace) == minute(101)  # warned on time: ended at the idle timeout
+
+
+def test_default_settings_warn_at_50_minutes_and_end_at_60():
+    rs = ReaperSettings()  # grace 10m, idle_grace_fraction 0.25
+    f = facts(idle=timedelta(hours=1))
+    assert evaluate(f, idle_from(T0, minute(49)), [], minute(49), POLICY, rs) is None
+    due = evaluate(f, idle_from(T0, minute(50)), [], minute(50), POLICY, rs)
+    assert due is not None and due.reason == "idle" and due.due_at == minute(60)
+    assert due.ends_at(warned_at=minute(50), default_grace=rs.grace) == minute(60)
+    # still idle at 60: due, at the idle timeout and not a grace after it
+    later = evaluate(f, idle_from(T0, minute(60)), [], minute(60), POLICY, rs)
+    assert later.warning_key(f.id) == due.warning_key(f.id) and later.ends_at(minute(50), rs.grace) == minute(60)
+    # a warning sent late (the reaper was down) still gives the owner the whole grace
+    assert due.ends_at(warned_at=minute(75), default_grace=rs.grace) == minute(85)
+
+
+def test_a_short_idle_timeout_shrinks_the_grace():
+    rs = ReaperSettings()
+    f = facts(idle=timedelta(minutes=10))  # grace: 25% of 10 minutes, not 10 minutes
+    assert rs.idle_grace(timedelta(minutes=10)) == timedelta(minutes=2, seconds=30)
+    assert evaluate(f, idle_from(T0, minute(7)), [], minute(7), POLICY, rs) is None
+    due = evaluate(f, idle_from(T0, minute(7.5)), [], minute(7.5), POLICY, rs)
+    assert due is not None and due.reason == "idle" and due.due_at == minute(10)
+    assert due.grace == timedelta(minutes=2, seconds=30) and due.ends_at(minute(7.5), rs.grace) == minute(10)
+    assert ReaperSettings(idle_grace_fraction=0).idle_grace(timedelta(hours=1)) == timedelta(0)
+
+
+def test_activity_after_the_warning_keeps_the_machine_and_starts_a_new_episode():
+    rs = ReaperSettings()
+    f = facts(idle=timedelta(hours=1))
+    warned = evaluate(f, idle_from(T0, minute(50)), [], minute(50), POLICY, rs)
+    assert warned is not None and warned.reason == "idle"
+    # used again at 55: not due any more (the reaper marks it ready), whatever the warning said
+    busy = Utilization(
+        at=minute(56), gpu_percent=[90.0], gpu_memory_percent=[50.0], active=True, last_active_at=minute(55)
+    )
+    assert evaluate(f, busy, [], minute(56), POLICY, rs) is None
+    assert evaluate(f, idle_from(minute(55), minute(104)), [], minute(104), POLICY, rs) is None
+    again = evaluate(f, idle_from(minute(55), minute(105)), [], minute(105), POLICY, rs)
+    assert again is not None and again.due_at == minute(115)
+    assert again.warning_key(f.id) != warned.warning_key(f.id)  # a new episode: a new warning
+
+
+def test_idle_grace_fraction_is_a_setting(tmp_path):
+    from tests.reaper_fakes import settings_for
+
+    rs = ReaperSettings.load(settings_for(tmp_path, "reaper:\n  grace: 20m\n  idle_grace_fraction: 0.5\n"))
+    assert rs.idle_grace(timedelta(hours=1)) == timedelta(minutes=20)
+    assert rs.idle_grace(timedelta(minutes=30)) == timedelta(minutes=15)
+    with pytest.raises(FileError) as info:
+        ReaperSettings.load(settings_for(tmp_path, "reaper:\n  idle_grace_fraction: 2\n"))
+    assert "config.yaml:2" in str(info.value) and "reaper.idle_grace_fraction must be from 0 to 1" in str(info.value)
 
 
 def test_unreadable_signals_never_make_a_machine_idle_but_the_ttl_holds():
@@ -69,14 +128,16 @@ def test_unreadable_signals_never_make_a_machine_idle_but_the_ttl_holds():
     due = evaluate(f, busy, [], minute(470), POLICY, RS)
     assert due is not None and due.reason == "ttl-expired" and due.due_at == T0 + timedelta(hours=8)
     assert due.detail == "TTL ends at 2026-11-21 20:00:00Z"
+    assert due.ends_at(minute(470), RS.grace) == T0 + timedelta(hours=8)  # as for idle: ended when due
 
 
 def test_floors_extend_and_ready_restart_the_idle_clock():
     f = facts(last_extend_at=minute(90))
     util = Utilization(at=minute(120), gpu_percent=[], gpu_memory_percent=[], active=False, last_active_at=minute(10))
     assert last_active(f, util, [], minute(120), RS.max_sample_gap) == minute(90)
-    assert evaluate(f, util, [], minute(149), POLICY, RS) is None
-    assert evaluate(f, util, [], minute(150), POLICY, RS).reason == "idle"
+    assert evaluate(f, util, [], minute(139), POLICY, RS) is None
+    due = evaluate(f, util, [], minute(140), POLICY, RS)  # warned 10 minutes before the idle timeout
+    assert due.reason == "idle" and due.due_at == minute(150)
 
 
 def test_policy_max_ttl_lowered_after_launch_wins_over_the_machine_ttl():

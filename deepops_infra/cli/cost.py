@@ -81,7 +81,7 @@ def cost(
     from deepops_infra.costs import render
     from deepops_infra.costs.report import build
 
-    ledger = open_ledger(settings())
+    ledger = open_ledger(settings(), create=False)
     report = build(ledger, period, groups, details=fmt == "html")
     if fmt == "json":
         _write(render.to_json(report), output)
@@ -131,11 +131,20 @@ def budgets(
     period = Period.month(month) if month else Period.current_month(now)
     s = settings()
     config = budget_mod.load(s.config)
-    ledger = open_ledger(s)
+    ledger = open_ledger(s, create=False)
     statuses = budget_mod.status(ledger, config, period, now)
-    sent = budget_mod.send_alerts(s, ledger, config, statuses) if alert and period.contains(now) else []
+    alerts = budget_mod.send_alerts(s, ledger, config, statuses) if alert and period.contains(now) else {}
+    sent = [key for key, a in alerts.items() if a.delivered]
     if json_out:
-        print_json({"month": period.label, "budgets": [st.to_json() for st in statuses], "alerts_sent": sent})
+        pending = [{"key": key, "error": a.error} for key, a in alerts.items() if not a.delivered]
+        print_json(
+            {
+                "month": period.label,
+                "budgets": [st.to_json() for st in statuses],
+                "alerts_sent": sent,
+                "alerts_not_delivered": pending,
+            }
+        )
         return
     if not statuses:
         info("no budgets configured (config.yaml `budgets:` with `teams:` and/or `projects:`)")
@@ -153,8 +162,13 @@ def budgets(
         for st in statuses
     ]
     print_table(["KIND", "NAME", "BUDGET", "SPENT", "USED", "FORECAST", "STATE"], rows, title=f"Budgets {period.label}")
-    for key in sent:
-        info(f"alert sent: {key}")
+    for key, a in alerts.items():
+        if a.delivered:
+            info(f"alert sent: {key}")
+        elif a.no_webhook:
+            info(f"alert {key} {a.describe()}; set notify.webhook_url and a later run sends it")
+        else:
+            info(f"alert {key} {a.describe()}; tried again on the next run")
 
 
 @app.command("reconcile")
@@ -185,7 +199,7 @@ def reconcile(
         raise UserError("--tolerance must be 0 or more")
     s = settings()
     source = source_for(cloud, s.config)
-    ledger = open_ledger(s)
+    ledger = open_ledger(s, create=False)
     result = compare(ledger, source, period, tol)
     if json_out:
         print_json(result.to_json())

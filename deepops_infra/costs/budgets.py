@@ -10,18 +10,23 @@
         detr: 1500
 
 Spend is the ledger's cost for the month so far (see README "Cost reports"); alerts go through
-notify.send_once under `budget:<team|project>:<name>:<YYYY-MM>:<pct>`, so each fires once.
+notify.send_once under `budget:<team|project>:<name>:<YYYY-MM>:<pct>`, so each is delivered once;
+one not delivered (no webhook yet, or it failed) is tried again by the next reaper cycle or
+`deepops cost budgets` while it is the highest threshold reached in the month.
 """
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepops_infra.config import Config, Settings
 from deepops_infra.costs.period import Period
 from deepops_infra.errors import PolicyError
 from deepops_infra.yamlfile import FileError, Mapping
+
+if TYPE_CHECKING:
+    from deepops_infra.notify import Sent
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
 KINDS = ("team", "project")
@@ -172,12 +177,15 @@ def alert_key(st: BudgetStatus, pct: int) -> str:
     return f"budget:{st.kind}:{st.name}:{st.month}:{pct}"
 
 
-def send_alerts(settings: Settings, ledger: Any, config: BudgetConfig, statuses: list[BudgetStatus]) -> list[str]:
-    """Send the highest threshold each budget has reached, once; returns the keys sent now."""
+def send_alerts(
+    settings: Settings, ledger: Any, config: BudgetConfig, statuses: list[BudgetStatus]
+) -> dict[str, "Sent"]:
+    """Send the highest threshold each budget has reached, once (again if not delivered before);
+    returns the alerts delivered now and those still not delivered (with why), by key."""
     from deepops_infra.notify import send_once
     from deepops_infra.pricing import dollars
 
-    sent = []
+    out: dict[str, Sent] = {}
     for st in statuses:
         pct = st.crossed
         if pct is None:
@@ -192,9 +200,10 @@ def send_alerts(settings: Settings, ledger: Any, config: BudgetConfig, statuses:
             "budget": dollars(st.budget),
             "forecast for the month": dollars(st.forecast),
         }
-        if send_once(settings, ledger, key, "budget-alert", text, fields):
-            sent.append(key)
-    return sent
+        sent = send_once(settings, ledger, key, "budget-alert", text, fields)
+        if sent.delivered or sent.error:
+            out[key] = sent
+    return out
 
 
 def month_spend(session: Any, dialect: str, team: str, now: datetime) -> Decimal:
