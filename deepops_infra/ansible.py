@@ -6,15 +6,21 @@ trusted on first use and remembered in $DEEPOPS_HOME/known_hosts (never blindly 
 
 import hashlib
 import os
+import secrets
 import shlex
 import shutil
 import sys
 import tempfile
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepops_infra import paths, playguard
 from deepops_infra.config import Settings
+from deepops_infra.errors import OperationError
 from deepops_infra.paths import playbook, roles_dir
 from deepops_infra.pool import PoolHost
 from deepops_infra.progress import Progress, QuietProgress
@@ -65,8 +71,9 @@ def _control_dir(settings: Settings) -> Path:
     if len(str(preferred)) <= 50:
         return preferred
     digest = hashlib.sha1(str(settings.home).encode()).hexdigest()[:10]
-    short = Path(tempfile.gettempdir()) / f"deepops-cp-{os.getuid()}-{digest}"
-    short.mkdir(mode=0o700, exist_ok=True)
+    short = paths.private_dir(Path(tempfile.gettempdir()) / f"deepops-cp-{os.getuid()}-{digest}")
+    if short.stat().st_uid != os.getuid():  # the temp dir is shared: never put our sockets in another's folder
+        raise PermissionError(f"{short} belongs to another user; remove it or use a shorter DEEPOPS_HOME")
     return short
 
 
@@ -122,20 +129,83 @@ exec {real} "$@"
 """
 
 
-def _low_priority_binary(settings: Settings) -> str | None:
-    """A wrapper running ansible-playbook at low CPU priority, when DEEPOPS_PLAY_NICENESS asks."""
-    real = shutil.which("ansible-playbook")
-    if not os.environ.get(PLAY_NICENESS) or real is None:
+def _low_priority_binary(settings: Settings, real: str) -> str | None:
+    """A wrapper running `real` (ansible-playbook) at low CPU priority, when DEEPOPS_PLAY_NICENESS asks."""
+    if not os.environ.get(PLAY_NICENESS):
         return None
     text = _LOW_PRIORITY_WRAPPER.format(real=shlex.quote(real))
-    wrapper = settings.ansible_dir / "low-priority" / "ansible-playbook"
+    return _write_wrapper(settings.ansible_dir / "low-priority" / "ansible-playbook", text)
+
+
+_GUARD_WRAPPER = """#!/bin/sh
+# Plays die with the process that started them (deepops_infra/playguard.py).
+exec {python} -I {guard} {real} "$@"
+"""
+
+
+def _guarded_binary(settings: Settings) -> str | None:
+    """A wrapper running ansible-playbook through playguard (None: no ansible-playbook on PATH)."""
+    real = shutil.which("ansible-playbook")
+    if real is None:
+        return None
+    quoted = (shlex.quote(p) for p in (sys.executable, playguard.__file__, real))
+    text = _GUARD_WRAPPER.format(**dict(zip(("python", "guard", "real"), quoted, strict=True)))
+    return _write_wrapper(settings.ansible_dir / "guard" / "ansible-playbook", text)
+
+
+def _write_wrapper(wrapper: Path, text: str) -> str:
     if not wrapper.exists() or wrapper.read_text() != text:
-        wrapper.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.private_dir(wrapper.parent)
         tmp = wrapper.with_suffix(f".{os.getpid()}")
         tmp.write_text(text)
         tmp.chmod(0o700)
         tmp.replace(wrapper)
     return str(wrapper)
+
+
+class PlayCancelled(OperationError):
+    """The play was stopped because the launch it belongs to was cancelled (PLAY_CANCEL said so)."""
+
+
+# What a play asks, every few seconds while it runs, to learn that it must stop (the lifecycle sets
+# it for a launch: its machine was released meanwhile). A context variable: per thread of launches.
+PLAY_CANCEL: ContextVar[Callable[[], bool] | None] = ContextVar("deepops_play_cancel", default=None)
+
+
+RUN_RETENTION_S = 7 * 86400  # how long a failed or interrupted play's artifacts are kept for debugging
+
+
+def _scratch(settings: Settings, ident: str) -> Path:
+    """The play's private_data_dir, ansible/runs/<ident>: every folder Ansible's scratch lives in is
+    0700 (ansible-runner makes only the last of the folders it creates private). Runs older than
+    RUN_RETENTION_S are pruned first (a successful run removes its own)."""
+    runs = paths.private_dir(settings.ansible_dir / "runs")
+    prune_runs(runs, time.time() - RUN_RETENTION_S)
+    paths.private_dir(settings.ansible_dir / "tmp")
+    return paths.private_dir(runs / ident / "artifacts").parent
+
+
+def prune_runs(runs: Path, before: float) -> list[str]:
+    """Remove the kept runs last touched before `before` (epoch seconds); returns their idents."""
+    pruned = []
+    for run in runs.iterdir() if runs.is_dir() else []:
+        try:
+            old = run.is_dir() and not run.is_symlink() and run.stat().st_mtime < before
+        except FileNotFoundError:
+            continue  # pruned at the same moment by another play
+        if old:
+            shutil.rmtree(run, ignore_errors=True)
+            pruned.append(run.name)
+    return pruned
+
+
+def _tighten_tree(root: Path) -> None:
+    """Folders 0700 and files 0600 under a kept run (ansible-runner leaves a few 0755/0644)."""
+    for folder, _dirs, files in os.walk(root):
+        paths.tighten(Path(folder), paths.PRIVATE_DIR)
+        for name in files:
+            if not (Path(folder) / name).is_symlink():
+                paths.tighten(Path(folder) / name, paths.PRIVATE_FILE)
 
 
 def run_playbook(
@@ -151,9 +221,7 @@ def run_playbook(
 
     _ensure_ansible_on_path()
     progress = progress or QuietProgress()
-    private_dir = settings.ansible_dir / "runs" / ident
-    private_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (settings.ansible_dir / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir = _scratch(settings, ident)
     outcome: dict[str, Any] = {"failure": None, "unreachable": False, "stats": {}, "changed": 0}
 
     def on_event(event: dict[str, Any]) -> bool:
@@ -175,25 +243,38 @@ def run_playbook(
             outcome["changed"] = sum((data.get("changed") or {}).values())
         return False  # do not keep per-event files: ansible-runner still writes stdout
 
-    low_priority = _low_priority_binary(settings)
+    guarded = _guarded_binary(settings)
+    binary = _low_priority_binary(settings, guarded) if guarded else None
+    binary = binary or guarded
     # With another binary ansible-runner passes no playbook itself: it goes first on the command line.
-    where = {"binary": low_priority, "cmdline": shlex.quote(str(playbook(name)))} if low_priority else {}
+    where = {"binary": binary, "cmdline": shlex.quote(str(playbook(name)))} if binary else {}
+    # The play's processes carry a token of their own, and the guard ends them with this process.
+    token = secrets.token_hex(16)
+    guard = {playguard.TOKEN_VAR: token, playguard.LAUNCHER_VAR: str(os.getpid())}
+    cancel = PLAY_CANCEL.get()
     result = ansible_runner.run(
         private_data_dir=str(private_dir),
         playbook=str(playbook(name)),
         **where,
         inventory=inventory_for(settings, hosts),
         extravars=extravars,
-        envvars=ansible_env(settings),
+        envvars=ansible_env(settings) | guard,
         event_handler=on_event,
+        cancel_callback=cancel,
         quiet=True,
         rotate_artifacts=1,
     )
     if result.status == "canceled":
+        # ansible-runner ends only the play's process group: its workers live in sessions of their own.
+        playguard.end_tagged(token)
+        if cancel is not None and cancel():
+            raise PlayCancelled(f"{name}: stopped, the launch was cancelled")
         raise KeyboardInterrupt  # ansible-runner swallowed the user's Ctrl-C: hand it back
     ok = result.status == "successful" and result.rc == 0
     if ok:
         shutil.rmtree(private_dir, ignore_errors=True)
+    else:
+        _tighten_tree(private_dir)  # kept for debugging (pruned after RUN_RETENTION_S)
     return PlayResult(
         ok=ok,
         status=f"{result.status} (rc={result.rc})",

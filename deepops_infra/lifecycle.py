@@ -6,23 +6,30 @@ any provider call, every step is an event, and `terminated` is written only afte
 confirms the resources are gone.
 """
 
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from deepops_infra import states
 from deepops_infra.config import Settings
-from deepops_infra.costs.budgets import check_team_budget
 from deepops_infra.errors import DeepopsError, OperationError, UserError
 from deepops_infra.images import Image
+from deepops_infra.intake import admission_checks
 from deepops_infra.ledger import store
 from deepops_infra.ledger.db import Ledger
-from deepops_infra.ledger.schema import Machine
-from deepops_infra.policy import check_running, check_ttl
+from deepops_infra.ledger.liveness import LAUNCHER_EVENT, LaunchLocks
+from deepops_infra.ledger.schema import Event, Machine
+from deepops_infra.policy import check_ttl
 from deepops_infra.progress import Progress
 from deepops_infra.providers.base import Plan, Provider, ProvisionError
 from deepops_infra.request import MachineRequest
@@ -50,9 +57,11 @@ class Lifecycle:
 
     def record(self, request: MachineRequest, image: Image, plans: list[Plan]) -> Machine:
         """Write the machine and its reservation in one transaction (intent before resources)."""
-        policy = self.settings.config.policy_for(request.team)
         self.provider.preflight(plans)  # a missing CLI or credentials: refused before anything is written
+        locks = LaunchLocks.of(self.ledger)
         for attempt in range(RESERVE_ATTEMPTS):
+            machine_id = store.new_machine_id()
+            locks.hold(machine_id)  # before the row: a machine with a launcher event has its lock from the start
             try:
                 with self.ledger.write() as session:
                     if self.ledger.dialect == "postgresql":
@@ -61,16 +70,15 @@ class Lifecycle:
                             text("SELECT pg_advisory_xact_lock(hashtext(:team))"),
                             {"team": "deepops-team:" + request.team},
                         )
-                    if request.name and store.live_name_taken(session, request.name):
+                    if request.name and store.live_name_taken(session, request.name, request.owner):
                         raise UserError(
-                            f"--name: a running machine is already called {request.name!r}; "
-                            "pick another name or end that machine first"
+                            f"--name: {request.owner} already has a machine called {request.name!r} that has "
+                            "not ended; pick another name or end that machine first"
                         )
-                    check_running(request, policy, store.running_gpus(session, request.team))
-                    check_team_budget(self.settings.config, session, request.team)
+                    admission_checks(self.settings, session, request)  # the same as --dry-run's
                     at = store.now()
                     machine = Machine(
-                        id=store.new_machine_id(),
+                        id=machine_id,
                         name=request.name,
                         status=states.REQUESTED,
                         cloud=plans[0].cloud,
@@ -103,6 +111,14 @@ class Lifecycle:
                         at=at,
                         first=True,
                     )
+                    store.add_event(
+                        session,
+                        machine,
+                        LAUNCHER_EVENT,
+                        f"launched by process {os.getpid()} on {socket.gethostname()}",
+                        data={"pid": os.getpid(), "host": socket.gethostname(), "lock": locks.kind},
+                        at=at,
+                    )
                     plan = self.provider.reserve(session, machine, plans)
                     machine.plan = plan.to_json() | {"alternatives": len(plans) - 1}
                     machine.cloud, machine.region, machine.host = plan.cloud, plan.region, plan.host
@@ -112,16 +128,23 @@ class Lifecycle:
                     machine.price_breakdown = plan.price.to_json()
                 self._fallbacks[machine.id] = [p for p in plans if p != plan and p.cloud == plan.cloud]
                 return machine
-            except IntegrityError:
-                if attempt == RESERVE_ATTEMPTS - 1:
+            except BaseException as exc:
+                locks.release(machine_id)
+                if not isinstance(exc, IntegrityError) or attempt == RESERVE_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
     def _step(self, machine: Machine, status: str, reason: str, **fields: Any) -> None:
         with self.ledger.write() as session:
             row = store.find_machine(session, machine.id, for_update=True)
+            if row.ended_at is not None or row.status in (states.FAILED, states.TERMINATING, states.TERMINATED):
+                raise _TakenOver(f"{machine.id} is {row.status}: ended by another command while launching")
+            if (released := _cancel_reason(session, row.id)) is not None:
+                raise OperationError(f"{machine.id}: {released}")  # launch() sees the request and releases it
             if not states.can_transition(row.status, status):
                 raise OperationError(f"{machine.id} is {row.status} (changed by another command); stopping")
+            if status == states.READY:
+                fields = {**fields, **_ready_times(row)}
             store.transition(session, row, status, reason)
             for key, value in fields.items():
                 setattr(row, key, value)
@@ -147,9 +170,12 @@ class Lifecycle:
     ) -> Machine:
         """Take a recorded machine to ready; on any failure it ends `failed` and is torn down.
         `fallbacks`: the offers to try on a capacity error when another process recorded it."""
+        from deepops_infra.ansible import PLAY_CANCEL
+
         if fallbacks is not None:
             self._fallbacks[machine.id] = list(fallbacks)
         created = False
+        cancel = PLAY_CANCEL.set(self._cancel_check(machine.id))  # a release stops a play in flight
         try:
             with self.progress.step(f"provisioning {machine.id} on {machine.host or machine.region}"):
                 self._step(machine, states.PROVISIONING, "creating resources")
@@ -166,12 +192,12 @@ class Lifecycle:
                 if not result["passed"]:
                     failed = "; ".join(c["name"] + ": " + c["detail"] for c in result["checks"] if not c["passed"])
                     raise OperationError(f"validation failed: {failed}")
-            ready = store.now()
-            ttl = timedelta(seconds=machine.request["ttl"])
-            self._step(machine, states.READY, "ready", ready_at=ready, expires_at=ready + ttl)
+            self._step(machine, states.READY, "ready")
+            tell_agent(self.settings, self.ledger, machine, "deepops up: ready", self.provider)
             return machine
         except (Exception, KeyboardInterrupt, SystemExit) as exc:
-            # Whatever stopped the launch, the machine must not be left half-made.
+            # Whatever stopped the launch, the machine must not be left half-made, nor torn down twice.
+            self._stopped(machine, exc, created)
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 reason = "interrupted"
             elif isinstance(exc, DeepopsError | ProvisionError):
@@ -184,6 +210,52 @@ class Lifecycle:
             if isinstance(exc, ProvisionError):
                 raise OperationError(f"{machine.id} failed: {exc}") from None
             raise
+        finally:
+            PLAY_CANCEL.reset(cancel)
+            LaunchLocks.of(self.ledger).release(machine.id)  # after the last write: see ledger/liveness.py
+
+    def _stopped(self, machine: Machine, exc: BaseException, created: bool) -> None:
+        """A launch stopped because another command ended the machine (it tears down: nothing to do
+        here unless resources appeared after it had), or because its release was asked for (released
+        here, once). Raises what the launcher reports; returns for a plain failure."""
+        if isinstance(exc, _TakenOver):
+            with self.ledger.read() as session:
+                ended = store.find_machine(session, machine.id).ended_at is not None
+            if created and ended:
+                self._teardown(machine, "resources made while another command ended the machine")
+            raise OperationError(str(exc)) from None
+        with self.ledger.read() as session:
+            released = _cancel_reason(session, machine.id)
+        if released is None:
+            return
+        with self.ledger.write() as session:
+            row = store.find_machine(session, machine.id, for_update=True)
+            _begin_release(session, row, released)
+            machine.status, machine.status_reason = row.status, row.status_reason
+        try:
+            with self.progress.step(f"releasing {machine.id}"):
+                self._teardown(machine, released)
+        except DeepopsError as exc2:
+            raise OperationError(
+                f"{released}; teardown failed ({exc2}); retry with `deepops down {machine.id} --yes`"
+            ) from None
+        raise OperationError(f"{machine.id} was released while it launched: {released}") from None
+
+    def _cancel_check(self, machine_id: str) -> Callable[[], bool]:
+        """For plays: whether the machine's release was asked for (the ledger is read every few seconds)."""
+        seen = {"at": 0.0, "released": False}
+
+        def released() -> bool:
+            if not seen["released"] and time.monotonic() - float(seen["at"]) >= CANCEL_POLL_SECONDS:
+                seen["at"] = time.monotonic()
+                try:
+                    with self.ledger.read() as session:
+                        seen["released"] = _cancel_reason(session, machine_id) is not None
+                except Exception:  # the ledger out of reach for a moment: the play goes on
+                    pass
+            return bool(seen["released"])
+
+        return released
 
     def _create_with_fallback(self, machine: Machine) -> dict[str, Any]:
         """Create; when the offer has no capacity or quota, destroy what was made and try the next
@@ -212,7 +284,8 @@ class Lifecycle:
     def _teardown_attempt(self, machine: Machine) -> None:
         """Destroy a failed attempt's partial resources before trying another offer."""
         try:
-            self.provider.destroy(machine, self.progress)
+            with _not_cancellable():
+                self.provider.destroy(machine, self.progress)
         except DeepopsError as exc:
             raise ProvisionError(
                 f"could not remove the failed attempt ({exc}); not trying another offer", True
@@ -277,7 +350,8 @@ class Lifecycle:
     def _teardown(self, machine: Machine, reason: str) -> None:
         """Destroy through the provider; close the record only once that is confirmed."""
         try:
-            self.provider.destroy(machine, self.progress)
+            with _not_cancellable():
+                self.provider.destroy(machine, self.progress)
         except DeepopsError as exc:
             with self.ledger.write() as session:
                 row = store.find_machine(session, machine.id)
@@ -286,6 +360,10 @@ class Lifecycle:
         with self.ledger.write() as session:
             row = store.find_machine(session, machine.id, for_update=True)
             at = store.now()
+            if row.ended_at is not None:  # closed already (by whoever took it over): its end stays
+                store.add_event(session, row, "teardown", reason + ": resources confirmed gone", at=at)
+                machine.status, machine.ended_at = row.status, row.ended_at
+                return
             if row.status == states.TERMINATING:
                 store.transition(session, row, states.TERMINATED, reason, at=at)
             else:
@@ -295,21 +373,116 @@ class Lifecycle:
             machine.status, machine.ended_at = row.status, at
 
     def down(self, machine: Machine, reason: str) -> Ended:
+        """Release a machine. One whose launch is making resources right now (its launcher alive) is
+        not torn down from here: the launch is asked to stop and release it, and this waits for that,
+        so that the machine is torn down once and closed once."""
         with self.ledger.write() as session:
             row = store.find_machine(session, machine.id, for_update=True)
             if row.ended_at is not None:
                 raise UserError(f"{row.id} already ended ({row.status} at {row.ended_at:%Y-%m-%d %H:%M}Z)")
-            if states.can_transition(row.status, states.TERMINATING):
-                store.transition(session, row, states.TERMINATING, reason)
-            elif states.can_transition(row.status, states.FAILED):  # released before it was provisioned
-                store.transition(session, row, states.FAILED, f"{reason} before it was provisioned")
+            # Its launcher making it, or releasing or failing it already: that process tears it down.
+            launching = row.status in (*LAUNCHING, *ENDING) and LaunchLocks.of(self.ledger).alive(row.id)
+            if launching and row.status in LAUNCHING:
+                store.add_event(session, row, CANCEL_EVENT, f"{reason} while it was {row.status}")
+            elif not launching:
+                _begin_release(session, row, reason)
             machine.status = row.status
+        if launching:
+            return self._await_launch(machine, reason)
         with self.progress.step(f"releasing {machine.id} on {machine.host or machine.region}"):
             self._teardown(machine, reason)
+        return self._ended(machine)
+
+    def _await_launch(self, machine: Machine, reason: str) -> Ended:
+        """Wait for a launch asked to stop to release its machine; take the release over when its
+        launcher ends without having closed it (killed, or its teardown failed)."""
+        locks = LaunchLocks.of(self.ledger)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        with self.progress.step(f"stopping the launch of {machine.id}, then releasing it"):
+            while True:
+                alive = locks.alive(machine.id)  # first: a launcher lets go only after its last write
+                with self.ledger.read() as session:
+                    row = store.find_machine(session, machine.id)
+                if row.ended_at is not None:
+                    break
+                if not alive:
+                    return self.down(row, reason)
+                if time.monotonic() > deadline:
+                    raise OperationError(
+                        f"{machine.id}: its launch was asked to stop and has not yet (it releases the machine "
+                        f"once its current step is over); see `deepops show {machine.id}`"
+                    )
+                time.sleep(CANCEL_POLL_SECONDS / 4)
+        machine.status, machine.status_reason, machine.ended_at = row.status, row.status_reason, row.ended_at
+        return self._ended(machine)
+
+    def _ended(self, machine: Machine) -> Ended:
         with self.ledger.read() as session:
             spent = store.costs(session, [machine.id])[machine.id]
-        start = machine.created_at
-        return Ended(machine, spent, (machine.ended_at or store.now()) - start)
+        return Ended(machine, spent, (machine.ended_at or store.now()) - machine.created_at)
+
+
+LAUNCHING = (states.PROVISIONING, states.CONFIGURING, states.VALIDATING)  # resources being made
+ENDING = (states.TERMINATING, states.FAILED)  # a launcher in these is tearing its machine down
+CANCEL_EVENT = "cancel"  # a release asked for while the machine launched: its launcher releases it
+CANCEL_POLL_SECONDS = 2.0
+CANCEL_WAIT_SECONDS = 1800.0  # the longest step a launch may finish before it sees the request
+
+
+@contextlib.contextmanager
+def _not_cancellable() -> Iterator[None]:
+    """A teardown's plays run to their end, whatever release was asked for meanwhile."""
+    from deepops_infra.ansible import PLAY_CANCEL
+
+    token = PLAY_CANCEL.set(None)
+    try:
+        yield
+    finally:
+        PLAY_CANCEL.reset(token)
+
+
+class _TakenOver(OperationError):
+    """Another command ended the machine while it launched: it owns the teardown."""
+
+
+def _cancel_reason(session: Session, machine_id: str) -> str | None:
+    """Why the machine's release was asked for while it launched; None when it was not."""
+    query = select(Event.reason).where(Event.machine_id == machine_id, Event.kind == CANCEL_EVENT)
+    found = session.execute(query.order_by(Event.id).limit(1)).first()
+    return None if found is None else str(found[0] or "released")
+
+
+def _begin_release(session: Session, row: Machine, reason: str) -> None:
+    """The transition a release starts with: terminating, or failed when nothing was provisioned."""
+    if states.can_transition(row.status, states.TERMINATING):
+        store.transition(session, row, states.TERMINATING, reason)
+    elif states.can_transition(row.status, states.FAILED):
+        store.transition(session, row, states.FAILED, f"{reason} before it was provisioned")
+
+
+def _ready_times(row: Machine) -> dict[str, Any]:
+    """ready_at, and the expiry: the TTL counts from ready, plus what `extend` granted meanwhile."""
+    ready, ttl = store.now(), timedelta(seconds=int(row.request["ttl"]))
+    granted = max(timedelta(0), row.expires_at - (row.created_at + ttl))
+    return {"ready_at": ready, "expires_at": ready + ttl + granted}
+
+
+def tell_agent(settings: Settings, ledger: Ledger, machine: Machine, by: str, provider: Provider | None = None) -> None:
+    """Give the machine's agent the ledger's expiry now (at ready, after an extend): its dead-man
+    switch then ends the machine at the moment the ledger says. A failure is recorded on the
+    machine; the reaper's next check-in carries the same."""
+    from deepops_infra.agent.settings import agent_control
+
+    try:
+        if provider is None:
+            from deepops_infra.providers import get_provider
+
+            provider = get_provider(machine.cloud, settings, ledger)
+        provider.checkin(machine, agent_control(settings, machine, by))
+    except Exception as exc:
+        with ledger.write() as session:
+            row = store.find_machine(session, machine.id)
+            store.add_event(session, row, "checkin-failed", f"{by}: {type(exc).__name__}: {exc}"[:500])
 
 
 def extend(settings: Settings, ledger: Ledger, ref: str, ttl: timedelta) -> Machine:
@@ -331,7 +504,9 @@ def extend(settings: Settings, ledger: Ledger, ref: str, ttl: timedelta) -> Mach
             at=at,
         )
         machine.expires_at = new_expiry
-        return machine
+    if machine.status in (states.READY, states.IDLE):  # a launching machine's agent learns it at ready
+        tell_agent(settings, ledger, machine, "deepops extend")
+    return machine
 
 
 def cost_line(ended: Ended) -> str:

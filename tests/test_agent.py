@@ -310,3 +310,45 @@ def test_the_agent_file_is_stdlib_only_and_parses_as_python_3_8():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported - {"boto3"} <= set(sys.stdlib_module_names)  # boto3: only for the CloudWatch sink
+
+
+@pytest.mark.ansible
+def test_the_agents_expiry_is_the_ledgers_after_ready_and_after_extend(sqlite_deepops):
+    """Issue 13, item 7: the TTL counts from ready, and the agent's dead-man switch ends the lease
+    at the ledger's expiry (plus its grace), not at an expiry guessed when configuring began; an
+    extend moves it at once, with no reaper running."""
+    from deepops_infra.ledger import store
+
+    deepops = sqlite_deepops
+    deepops.write_config("agent:\n  interval: 1s\n  grace: 10m\n")
+    lease = deepops.json("up", "--gpus", "0", "--ttl", "30m", "--yes")
+    status_file = deepops.home / "workspaces" / lease["id"] / ".deepops" / "agent" / "status.json"
+
+    def ledger_expiry() -> datetime:
+        with deepops.ledger().read() as session:
+            return store.find_machine(session, lease["id"]).expires_at
+
+    def agent_sees(expiry: datetime) -> dict | None:
+        try:
+            status = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return status if da.parse_time(status.get("expires_at")) == expiry else None
+
+    def wait(expiry: datetime) -> dict:
+        deadline = time.monotonic() + 60
+        while (status := agent_sees(expiry)) is None:
+            assert time.monotonic() < deadline, f"the agent's expiry is not {expiry}: {status_file.read_text()}"
+            time.sleep(0.5)
+        return status
+
+    try:
+        first = ledger_expiry()
+        status = wait(first)
+        assert da.parse_time(status["deadman"]["hard_stop_at"]) == first + timedelta(minutes=10)
+        deepops.run("extend", lease["id"], "--ttl", "2h", check=True)
+        later = ledger_expiry()
+        assert later == first + timedelta(hours=2)
+        wait(later)
+    finally:
+        deepops.run("down", lease["id"], "--yes")

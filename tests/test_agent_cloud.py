@@ -215,3 +215,26 @@ def test_an_image_without_boto3_still_gets_a_working_agent(tmp_path, monkeypatch
     agent = da.Agent({**da.DEFAULTS, "machine_id": "m-noboto3", "state_dir": str(tmp_path), "sinks": [sink]})
     assert agent.sinks == [] and "not publishing to cloudwatch" in capsys.readouterr().err
     assert agent.step()["machine_id"] == "m-noboto3"
+
+
+@pytest.mark.ansible
+def test_extend_moves_a_cloud_agents_expiry_at_once(tmp_path, sshd):
+    """Issue 13, item 7 on a cloud machine: `extend` writes the ledger's new expiry into the agent's
+    check-in over SSH right away (the reaper's next cycle is not needed)."""
+    from deepops_infra.lifecycle import extend
+
+    if sshd.user != "root":
+        pytest.skip("a cloud check-in as another user goes through sudo, which this test cannot grant")
+    state = tmp_path / "agent-state"
+    state.mkdir()
+    provider, machine = aws_machine(tmp_path, config=f"aws:\n  ssh_user: {sshd.user}\n", key=str(sshd.key))
+    with provider.ledger.write() as session:
+        row = store.find_machine(session, machine.id)
+        row.provider_refs = {**row.provider_refs, "ssh_port": sshd.port}
+        row.manifest = {"agent": {"mode": "cloud", "state_dir": str(state)}}
+    extended = extend(provider.settings, provider.ledger, machine.id, timedelta(hours=2))
+    with provider.ledger.read() as session:
+        expiry = store.find_machine(session, machine.id).expires_at
+    assert extended.expires_at == expiry
+    agent = da.Agent({**da.DEFAULTS, "machine_id": machine.id, "state_dir": str(state), "mode": "cloud"})
+    assert agent.control()["expires_at"] == expiry

@@ -67,7 +67,9 @@ def test_record_writes_machine_event_and_lease_before_anything_else(home, ledger
         assert row.price_per_hour == Decimal("4.1")  # host 0.1 + 2 x 2.0
         assert row.plan["gpu_indexes"] == [0, 1]
         assert row.created_at.tzinfo is UTC
-        assert [e.to_status for e in session.scalars(select(Event))] == ["requested"]
+        # the request, and the launcher holding the machine's launch lock (ledger/liveness.py)
+        events = [(e.kind, e.to_status) for e in session.scalars(select(Event))]
+        assert events == [("transition", "requested"), ("launcher", None)]
         assert store.leased_gpus(session, machine.id) == [0, 1]
     second = record("A100:2")
     with ledger.read() as session:
@@ -153,12 +155,12 @@ def test_extend_within_and_beyond_policy(home, ledger_url):
         extend(settings, ledger, machine.id, timedelta(hours=5))
     with ledger.read() as session:
         assert session.get(Machine, machine.id).expires_at == before + timedelta(hours=1)
-        assert [e.kind for e in store.events(session, machine.id)] == ["transition", "extend"]
+        assert [e.kind for e in store.events(session, machine.id)] == ["transition", "launcher", "extend"]
 
 
 def test_image_pin_recorded(home, ledger_url):
     machine = record("0")
-    assert machine.image_pin == get_image("cpu-minimal").pin_for("onprem")
+    assert machine.image_pin == get_image("cpu-minimal").onprem.pin
 
 
 def test_concurrent_first_opens_migrate_once(tmp_path):

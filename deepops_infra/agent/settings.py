@@ -146,7 +146,8 @@ class AgentSettings:
         {} when agents are off. `sinks` replaces the configured ones (a cloud fills in its own)."""
         if not self.enabled:
             return {}
-        # The TTL counts from ready, a moment after this; the reaper's check-ins carry the exact expiry.
+        # Provisional: the TTL counts from ready, a moment after this. The launch's check-in at ready
+        # (agent_control) gives the agent the ledger's expiry, and `extend` and the reaper keep it so.
         expires = datetime.now(UTC) + timedelta(seconds=int(machine.request["ttl"]))
         config = self.machine_config(
             machine_id=machine.id,
@@ -163,3 +164,22 @@ class AgentSettings:
         if mode == "cloud":
             config["shutdown_command"] = CLOUD_SHUTDOWN
         return {"agent_mode": mode, "agent_config": config, "agent_source": str(AGENT_SOURCE), "agent_python": python}
+
+
+def agent_control(settings: Settings, machine: "Machine", by: str) -> dict[str, Any]:
+    """What the control plane tells a machine's agent (its checkin.json): that it is alive, the
+    machine's expiry (the ledger's own, capped by the team's maximum TTL as the reaper caps it) and
+    its idle timeout. The launch writes it at ready, `extend` after each extension, the reaper on
+    every cycle: the dead-man switch ends the machine when the ledger says, not earlier."""
+    policy = settings.config.policy_for(machine.team)
+    expiry = min(machine.expires_at, (machine.ready_at or machine.created_at) + policy.max_ttl)
+    return {
+        "at": _iso(datetime.now(UTC)),
+        "expires_at": _iso(expiry),
+        "idle_timeout_seconds": int(machine.request.get("idle_timeout") or 3600),
+        "by": by,
+    }
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -29,7 +29,10 @@ Owner = Annotated[str | None, typer.Option("--owner", help="Who the machine is f
 Team = Annotated[str | None, typer.Option("--team", help="Team billed and whose policy applies.")]
 Project = Annotated[str | None, typer.Option("--project", help="Project billed.")]
 Name = Annotated[str | None, typer.Option("--name", help="A name to use instead of the ID.")]
-Like = Annotated[str | None, typer.Option("--like", help="Same image pin, GPUs and target as an earlier machine.")]
+Like = Annotated[
+    str | None,
+    typer.Option("--like", help="Same image pin, GPUs and target as an earlier machine (ID, or name: the latest)."),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 Keep = Annotated[bool, typer.Option("--keep-on-failure", help="Leave a failed machine up for debugging.")]
@@ -43,19 +46,17 @@ def _options(**kwargs):  # type: ignore[no-untyped-def]
 
 def _prepare(opts, like_ref):  # type: ignore[no-untyped-def]
     """Validate, then plan; nothing is written before this returns."""
-    from deepops_infra.intake import build_request
+    from deepops_infra.intake import build_request, find_like
     from deepops_infra.providers import get_provider
 
     s = settings()
     like, ledger = None, None
     if like_ref:
-        from deepops_infra.ledger import store
-
-        ledger = open_ledger(s)
+        ledger = open_ledger(s, create=False)
         with ledger.read() as session:
-            like = store.find_machine(session, like_ref)
+            like = find_like(session, like_ref)  # an ID, or a name: the live or latest ended one
     request, image = build_request(s, opts, like)
-    ledger = ledger or open_ledger(s)
+    ledger = ledger or open_ledger(s, create=False)  # made by the first write (the machine's record)
     provider = get_provider(request.cloud, s, ledger)
     plans = provider.plan(request, image)
     return s, ledger, provider, request, image, plans
@@ -76,12 +77,14 @@ def _plan_json(request, plans) -> dict:  # type: ignore[no-untyped-def]
 
 
 def _launch(opts, like_ref, yes, json_out, dry_run, keep_on_failure):  # type: ignore[no-untyped-def]
+    from deepops_infra.intake import check_admission
     from deepops_infra.lifecycle import Lifecycle
     from deepops_infra.progress import make_progress
 
     s, ledger, provider, request, image, plans = _prepare(opts, like_ref)
     plan = _plan_json(request, plans)
     if dry_run:
+        check_admission(s, ledger, request)  # refused as the real request would be (policy, budget)
         if json_out:
             print_json(plan)
         else:
@@ -97,6 +100,7 @@ def _launch(opts, like_ref, yes, json_out, dry_run, keep_on_failure):  # type: i
             default=True,
             abort=True,
         )
+    s.ensure_home()  # the real request: from here on, things are written
     lifecycle = Lifecycle(s, ledger, provider, make_progress(enabled=True))
     machine = lifecycle.record(request, image, plans)
     lifecycle.launch(machine, image, keep_on_failure=keep_on_failure)
@@ -229,7 +233,7 @@ def ls(
     if rows is None:  # a schema to migrate, or a driver the quick path does not speak
         from deepops_infra.ledger import store
 
-        with open_ledger(s).read() as session:
+        with open_ledger(s, create=False).read() as session:
             machines = store.list_machines(session, include_ended=all_, owner=owner)
             spent = store.costs(session, [m.id for m in machines], at)
         rows = [(m, spent[m.id]) for m in machines]
@@ -253,7 +257,7 @@ def show(
     from deepops_infra.views import show_json
 
     s = settings()
-    with open_ledger(s).read() as session:
+    with open_ledger(s, create=False).read() as session:
         m = store.find_machine(session, machine_ref)
         spent = store.costs(session, [m.id])[m.id]
         data = show_json(m, spent, store.events(session, m.id))
@@ -299,7 +303,7 @@ def ssh(
     from deepops_infra.providers import get_provider
 
     s = settings()
-    ledger = open_ledger(s)
+    ledger = open_ledger(s, create=False)
     with ledger.read() as session:
         m = store.find_machine(session, machine_ref)
     if m.ended_at is not None:
@@ -321,13 +325,16 @@ def extend(
         from deepops_infra import client
 
         return client.extend(machine_ref, ttl, json_out)
+    from deepops_infra.ledger import store
     from deepops_infra.lifecycle import extend as extend_machine
     from deepops_infra.request import parse_ttl
     from deepops_infra.views import machine_json
 
     delta = parse_ttl(ttl)
     s = settings()
-    ledger = open_ledger(s)
+    ledger = open_ledger(s, create=False)
+    with ledger.read() as session:
+        store.find_machine(session, machine_ref)  # an unknown machine is refused before any write
     m = extend_machine(s, ledger, machine_ref, delta)
     if json_out:
         print_json(machine_json(m))
@@ -353,7 +360,7 @@ def down(
     from deepops_infra.views import machine_json
 
     s = settings()
-    ledger = open_ledger(s)
+    ledger = open_ledger(s, create=False)
     with ledger.read() as session:
         machines = [store.find_machine(session, ref) for ref in machine_refs]
     for m in machines:

@@ -226,7 +226,9 @@ class UtilizationSample(Base):
 
 class Notification(Base):
     """A message sent once (reaper warnings, budget alerts): the unique key makes "once" hold
-    across processes and restarts."""
+    across processes and restarts. `at` is when it was recorded (a reaper warning's grace runs
+    from there); one not delivered yet (no webhook, or the webhook failed) is tried again later,
+    by the process that sets `sending_since` (a claim, cleared after the attempt)."""
 
     __tablename__ = "notifications"
 
@@ -238,6 +240,9 @@ class Notification(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     delivered: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sending_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ReaperAction(Base):

@@ -97,14 +97,18 @@ def end_machine(session: Session, machine: Machine, at: datetime) -> None:
     session.refresh(machine)
 
 
-def find_machine(session: Session, ref: str, *, for_update: bool = False) -> Machine:
-    """By ID, or by name among machines that have not ended (names are reused after)."""
+def find_machine(
+    session: Session, ref: str, *, for_update: bool = False, within: dict[str, str] | None = None
+) -> Machine:
+    """By ID, or by name among machines that have not ended (names are reused after); `within`
+    (column: value, e.g. {"owner": name}) narrows the name lookup to what a caller sees."""
     query = select(Machine).where(Machine.id == ref)
     if for_update:
         query = query.with_for_update()
     machine = session.scalars(query).first()
     if machine is None:
-        named = session.scalars(select(Machine).where(Machine.name == ref, Machine.ended_at.is_(None))).all()
+        scope = [getattr(Machine, column) == value for column, value in (within or {}).items()]
+        named = session.scalars(select(Machine).where(Machine.name == ref, Machine.ended_at.is_(None), *scope)).all()
         if len(named) > 1:
             raise quickread.ambiguous_name(ref, [m.id for m in named])
         machine = named[0] if named else None
@@ -122,13 +126,12 @@ def list_machines(session: Session, include_ended: bool = False, owner: str | No
     return list(session.scalars(query))
 
 
-def live_name_taken(session: Session, name: str) -> bool:
-    return (
-        session.scalar(
-            select(func.count()).select_from(Machine).where(Machine.name == name, Machine.ended_at.is_(None))
-        )
-        > 0
-    )
+def live_name_taken(session: Session, name: str, owner: str) -> bool:
+    """Whether `owner` has a machine called `name` that has not ended. Names are unique per owner:
+    whoever may request for an owner sees the owner's machines, so a refusal tells them nothing
+    new (a member sees their own machines only, not even their team's)."""
+    query = select(func.count()).select_from(Machine)
+    return session.scalar(query.where(Machine.name == name, Machine.owner == owner, Machine.ended_at.is_(None))) > 0
 
 
 def running_gpus(session: Session, team: str) -> int:

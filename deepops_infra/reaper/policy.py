@@ -1,10 +1,13 @@
 """What each live machine is due for, as a pure function of its row, its signals and the time.
 
 Reasons, in the order they win: `setup-failed` (a failed launch still holding resources),
-`setup-stuck` / `teardown-stuck` (no progress for `setup_timeout`: the process doing it died),
+`launcher-dead` (a launch whose process is gone: its lock, ledger/liveness.py, is free), `setup-stuck`
+/ `teardown-stuck` (no progress for `setup_timeout`: the process doing it died, or hangs),
 `agent-ended` (the dead-man switch already ended it), `policy-max-ttl` (the team's maximum TTL,
 lowered since launch, is past), `ttl-expired`, `idle` (every signal idle for the idle timeout).
-The last three are warned first: the owner gets `grace` to `deepops extend`.
+The last three are warned `grace` before they are due, so that a machine nobody keeps ends at its
+expiry or idle timeout, within a cycle: the owner has the grace to `deepops extend` (or, when idle,
+to use it again). An idle machine's grace is at most `idle_grace_fraction` of its idle timeout.
 """
 
 from collections.abc import Iterable
@@ -28,9 +31,15 @@ class Due:
     due_at: datetime
     warn: bool  # a warning and the grace come first
     episode: str = ""  # what makes this warning distinct from an earlier one (an expiry, an idle start)
+    grace: timedelta | None = None  # warned this long before due_at (None: the reaper's grace)
 
     def warning_key(self, machine_id: str) -> str:
         return f"reaper:{machine_id}:{self.reason}:{self.episode}"
+
+    def ends_at(self, warned_at: datetime, default_grace: timedelta) -> datetime:
+        """When a machine warned at `warned_at` ends: when it is due, and never before a whole
+        grace after its warning (a warning sent late, the reaper having been down, still gets it)."""
+        return max(self.due_at, warned_at + (default_grace if self.grace is None else self.grace))
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class MachineFacts:
     last_progress_at: datetime  # the last transition (or event) written by whoever is working on it
     last_extend_at: datetime | None = None
     kept: bool = False  # failed and kept for debugging (--keep-on-failure): the TTL still holds
+    launcher_alive: bool | None = None  # its launching process holds its lock (None: nothing known)
     over_budget: str | None = None  # the team's budget is spent and says running machines stop
 
 
@@ -97,11 +107,20 @@ def evaluate(
 ) -> Due | None:
     stalled = now - facts.last_progress_at
     if facts.status == states.FAILED:
+        if facts.launcher_alive and stalled < rs.setup_timeout:
+            return None  # its launcher is tearing it down now
         if facts.kept and now < facts.expires_at:
             return None
         detail = "kept for debugging and past its TTL" if facts.kept else "failed and still holding resources"
         return Due("setup-failed", detail, facts.last_progress_at, warn=False)
     if facts.status in SETUP_STATES:
+        if facts.launcher_alive is False:
+            return Due(
+                "launcher-dead",
+                f"{facts.status}, and the process launching it is gone (killed or crashed)",
+                now,
+                warn=False,
+            )
         if stalled >= rs.setup_timeout:
             return Due(
                 "setup-stuck",
@@ -137,12 +156,14 @@ def evaluate(
         return Due("budget-exceeded", facts.over_budget, now, warn=True, episode=f"{now:%Y-%m}")
     seen = last_active(facts, utilization, samples, now, rs.max_sample_gap)
     idle_for = now - seen
-    if idle_for >= facts.idle_timeout:
+    grace = rs.idle_grace(facts.idle_timeout)
+    if idle_for >= facts.idle_timeout - grace:  # warned a grace early: ended at the idle timeout
         return Due(
             "idle",
             f"idle for {format_duration(idle_for)} (idle timeout {format_duration(facts.idle_timeout)})",
             seen + facts.idle_timeout,
             warn=True,
             episode=str(int(seen.timestamp())),
+            grace=grace,
         )
     return None

@@ -23,6 +23,7 @@ from deepops_infra.ledger import quickread, store
 from deepops_infra.ledger.db import Ledger
 from deepops_infra.ledger.schema import ApiUser, AuditEntry, Machine
 from deepops_infra.server import identity
+from deepops_infra.server.edge import Refusals
 from deepops_infra.server.identity import Caller
 from deepops_infra.server.listing import KeptConnections, Listing, Unavailable
 from deepops_infra.server.problems import Problem, problem_response, status_for
@@ -139,6 +140,7 @@ class Server:
         self._releasers_warm = False
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
         self.refused = RateLimiter(self.config.rate_per_second, self.config.burst)  # 401s per address
+        self.refusals = Refusals()  # what is refused before anyone is identified: counted, not audited
         self.stop = threading.Event()
         self.reads = KeptConnections(self.ledger.url)
         self.listing = Listing(self.reads, self.config.list_cache_seconds)
@@ -288,11 +290,21 @@ class LimitsAndAudit:
         audited = not (method in MUTATING and path.startswith(API))
 
         async def audit(status: int) -> None:
+            # Who did what: a refusal before anyone was identified, and a rate-limited request,
+            # is counted instead (a flood of them costs no database write).
             nonlocal audited
-            if not audited:
-                audited = True
-                caller: Caller | None = getattr(request.state, "caller", None)
-                await run_in_threadpool(_audit, server, request, caller, status)
+            if audited:
+                if status in (401, 429):
+                    server.refusals.add(status)
+                return
+            audited = True
+            caller: Caller | None = getattr(request.state, "caller", None)
+            if caller is None and status >= 400 and status not in (401, 429):
+                caller = await self._identified(auth, address)  # refused before the token was checked
+            if status == 429 or (caller is None and status >= 400):
+                server.refusals.add(status)
+                return
+            await run_in_threadpool(_audit, server, request, caller, status)
 
         async def send_after_audit(message: Any) -> None:
             # The entry is written before the client sees the answer, so an answer implies its entry;
@@ -317,6 +329,17 @@ class LimitsAndAudit:
                 await self.app(scope, receive, send_after_audit)
         finally:
             await audit(500)  # no answer was started: the request failed inside
+
+    async def _identified(self, auth: str, address: str) -> Caller | None:
+        """The caller of a request refused before its token was checked (a body too large, not
+        JSON); a token that turns out unknown counts against the address like a 401."""
+        token = bearer(auth)
+        if token is None:
+            return None
+        who = await self.server.caller(token)
+        if who is None:
+            self.server.refused.allow(address)
+        return who
 
     async def _saved_listing(self, auth: str) -> bytes | None:
         """GET /machines's saved answer for this caller's scope, when the token is valid (cached, or
@@ -344,6 +367,13 @@ def listing_scope(who: Caller) -> dict[str, str]:
     return {"team": who.team} if who.role == "team-admin" else {}
 
 
+def _name_shared(exc: NotFoundError, ref: str) -> None:
+    """A name several of the caller's own machines share (looked up within what they see) is
+    refused with their IDs; any other miss stays "not visible to you"."""
+    if str(exc) != str(quickread.no_machine(ref)):
+        raise Problem(404, str(exc)) from None
+
+
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat().replace("+00:00", "Z") if at else None
 
@@ -351,6 +381,17 @@ def _iso(at: datetime | None) -> str | None:
 def stored_price(m: Any) -> dict[str, str]:
     """The price as the ledger keeps it, for the client's `deepops show` to print as the local one does."""
     return {"price_per_hour_stored": str(m.price_per_hour)}
+
+
+class _App(FastAPI):
+    """FastAPI with `Edge` outside everything, even the error handler's 500s."""
+
+    proxies: tuple[Any, ...] = ()
+
+    def build_middleware_stack(self) -> Any:
+        from deepops_infra.server.edge import Edge
+
+        return Edge(super().build_middleware_stack(), self.proxies)
 
 
 def create_app(settings: Settings | None = None, *, reaper: bool = False) -> FastAPI:
@@ -382,13 +423,16 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         if thread is not None:
             thread.join(timeout=30)
 
-    app = FastAPI(
+    app = _App(
         title="deepops team server",
         version="1",
         description="Ephemeral GPU machines for a team: request, list, extend and release them; offers, "
         "costs and budgets; pool and policy administration. Authenticate with `Authorization: Bearer <token>`.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: /docs below is served from here
+        redoc_url=None,
     )
+    app.proxies = server.config.trusted_proxies
     app.state.server = server
 
     # -- errors as problem details -------------------------------------------------------------
@@ -446,15 +490,16 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
             raise Problem(403, f"role {who.role} may not do this (needs {' or '.join(roles)})")
 
     def visible_machine(session: Any, who: Caller, ref: str) -> Machine:
-        return seen(who, ref, lambda: store.find_machine(session, ref))
+        return seen(who, ref, lambda: store.find_machine(session, ref, within=listing_scope(who)))
 
     def seen(who: Caller, ref: str, find: Any) -> Any:
         """What `find()` finds for `ref`, when the caller may see it; else 404 (another's machine
-        is not even named)."""
+        is not even named). Names are looked up among the caller's machines only."""
         need(who, *LISTERS)
         try:
             m = find()
-        except NotFoundError:
+        except NotFoundError as exc:
+            _name_shared(exc, ref)
             m = None
         if m is None or not who.can_see(m.owner, m.team):
             raise Problem(404, f"no machine {ref!r} visible to you")
@@ -510,10 +555,11 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
 
         need(who, *LISTERS)
         try:
-            m, spent, history = await server.reads.read(quickread.find_machine, ref, store.now())
+            m, spent, history = await server.reads.read(quickread.find_machine, ref, store.now(), listing_scope(who))
         except Unavailable:
             return await run_in_threadpool(orm_show, who, ref)
-        except NotFoundError:
+        except NotFoundError as exc:
+            _name_shared(exc, ref)
             m, spent, history = None, None, []
         shown = seen(who, ref, lambda: m)
         return show_json(shown, spent, history) | stored_price(shown)
@@ -529,7 +575,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         """Validated, planned and recorded before this answers (202); provisioning goes on in the
         server. Poll GET /machines/{id} until `ready` or `failed`. With dry_run, only the plan."""
         from deepops_infra.cli.machines import _plan_json
-        from deepops_infra.intake import Options, build_request
+        from deepops_infra.intake import Options, build_request, find_like
         from deepops_infra.providers import get_provider
 
         need(who, "member", "team-admin", "it-admin")
@@ -547,7 +593,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         like = None
         if body.like:
             with server.ledger.read() as session:
-                like = visible_machine(session, who, body.like)
+                like = seen(who, body.like, lambda: find_like(session, body.like, listing_scope(who)))
         fields = body.model_dump(exclude={"owner", "team", "dry_run", "like", "keep_on_failure"})
         opts = Options(**fields, owner=owner, team=team)
         request_, image = build_request(server.settings, opts, like)
@@ -555,6 +601,9 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         plans = provider.plan(request_, image)
         plan = _plan_json(request_, plans)
         if body.dry_run:
+            from deepops_infra.intake import check_admission
+
+            check_admission(server.settings, server.ledger, request_)  # refused as the real request would be
             response.status_code = 200
             return {"plan": plan, "image": image.name}
         lifecycle = server.lifecycle(request_.cloud)
@@ -564,7 +613,8 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         from deepops_infra.server import worker
 
         home = str(server.settings.home)
-        server.workers.submit(worker.launch, home, machine.id, lifecycle.fallbacks(machine.id), body.keep_on_failure)
+        fallbacks = lifecycle.fallbacks(machine.id)
+        worker.submit_launch(server.workers, server.ledger, home, machine.id, fallbacks, body.keep_on_failure)
         server.warm_releasers()
         response.headers["Location"] = f"{API}/machines/{machine.id}"
         return machine_json(machine, None) | {"plan": plan}
@@ -752,7 +802,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         user = body.user or who.name
         if (user != who.name or body.role or body.team) and who.role != "it-admin":
             raise Problem(403, "only an it-admin creates tokens for others or sets roles and teams")
-        ttl = parse_duration(body.ttl, "ttl") if body.ttl else server.config.token_ttl
+        ttl = parse_duration(body.ttl, "ttl") if body.ttl is not None else server.config.token_ttl
         with server.ledger.write() as session:
             row = identity.ensure_user(session, user, body.team, body.role)
             token, secret = identity.create_token(session, row, ttl, body.label)
@@ -797,6 +847,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
                     "target": r.target,
                     "status": r.status_code,
                     "outcome": r.outcome,
+                    "client": r.client,
                 }
                 for r in rows
             ]
@@ -806,6 +857,11 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=_page_headers())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        """The operations of /openapi.json, listed by a script of this server (nothing from a CDN)."""
+        return FileResponse(STATIC / "docs.html", headers=_page_headers())
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> FileResponse:
@@ -824,7 +880,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
 def _page_headers() -> dict[str, str]:
     return {
         "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-        "frame-src 'self' blob:; script-src 'self'",
+        "frame-src 'self' blob:; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-store",

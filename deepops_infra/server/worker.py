@@ -42,6 +42,25 @@ def launch(home: str, machine_id: str, fallbacks: list[Any], keep_on_failure: bo
         lifecycle.launch(machine, get_image(machine.image), keep_on_failure=keep_on_failure, fallbacks=fallbacks)
 
 
+def submit_launch(
+    pool: Any, ledger: Any, home: str, machine_id: str, fallbacks: list[Any], keep_on_failure: bool
+) -> Any:
+    """Hand a recorded machine to a launch worker. The server keeps the machine's launch lock
+    (taken when it was recorded: ledger/liveness.py) until the worker is done with it, queued or
+    launching: the launch is alive while the server and that worker are, and a release asks it to
+    stop instead of tearing down beside it. A worker that dies lets go of it too (its future fails)."""
+    from deepops_infra.ledger.liveness import LaunchLocks
+
+    locks = LaunchLocks.of(ledger)
+    try:
+        future = pool.submit(launch, home, machine_id, fallbacks, keep_on_failure)
+    except BaseException:
+        locks.release(machine_id)
+        raise
+    future.add_done_callback(lambda _: locks.release(machine_id))
+    return future
+
+
 def release(home: str, machine_id: str, reason: str) -> dict[str, Any]:
     from deepops_infra.ledger import store
     from deepops_infra.lifecycle import cost_line
@@ -86,7 +105,7 @@ def _exit_when_orphaned(server_pid: int) -> None:
     """A worker whose server died without stopping it (SIGKILL, a crash) would wait on its task
     queue forever, since it holds that queue's other end itself: it exits once it is reparented
     (the server's pid comes from the server: it may be gone before this runs). A launch it was
-    running is then left to the reaper (setup-stuck), like any interrupted one."""
+    running is then left to the reaper (launcher-dead), like any interrupted one."""
     import os
     import threading
     import time
