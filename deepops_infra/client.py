@@ -54,6 +54,11 @@ def server_url() -> str | None:
     return url.rstrip("/") or None
 
 
+# A release answers once the machine is confirmed gone: a cloud teardown, or a launch in flight
+# stopping first (lifecycle.CANCEL_WAIT_SECONDS), takes minutes, far past an ordinary call's timeout.
+RELEASE_TIMEOUT_SECONDS = 3600
+
+
 class Client:
     def __init__(self, base: str, token: str | None, timeout: float = 60) -> None:
         if not base.startswith(("http://", "https://")):
@@ -70,7 +75,15 @@ class Client:
             raise UserError(f"no token for {base}: run `deepops login --server {base}` or set DEEPOPS_TOKEN")
         return cls(base, token)
 
-    def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One API call; `timeout` (seconds) overrides the client's for calls that wait on work."""
         url = self.base + "/api/v1" + path
         if params:
             pairs = [
@@ -88,7 +101,7 @@ class Client:
         if self.token:
             req.add_header("Authorization", "Bearer " + self.token)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 raw = resp.read()
                 kind = resp.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:
@@ -250,7 +263,7 @@ def down(refs: list[str], yes: bool, json_out: bool) -> None:
     results, failures = [], []
     for m in machines:
         try:
-            ended = client.call("DELETE", f"/machines/{m['id']}")
+            ended = client.call("DELETE", f"/machines/{m['id']}", timeout=RELEASE_TIMEOUT_SECONDS)
         except (UserError, OperationError) as exc:
             failures.append(f"{m['id']}: {exc}")
             continue
