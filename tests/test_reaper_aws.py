@@ -155,21 +155,22 @@ def test_only_the_right_instances_are_acted_on(aws, ledger_url):
             )
             for m in range(1, 41)
         )
-    reaper = Reaper(settings, ledger, {"aws": provider}, ReaperSettings(grace=timedelta(0)))
+    rs = ReaperSettings(grace=timedelta(0), orphan_grace=timedelta(0))
+    reaper = Reaper(settings, ledger, {"aws": provider}, rs)
 
     dry = reaper.run(dry_run=True)
     planned = {(a.machine_id or a.resource.resource_id, a.kind, a.reason) for a in dry.actions}
     assert planned == {
         (expired, "warn", "ttl-expired"),
         (idle, "warn", "idle"),
-        (orphan_i, "terminate-orphan", "orphan"),
+        (orphan_i, "mark-orphan", "orphan"),  # no ledger row: marked first, removed a grace later
     }
     assert dict(dry.resources) == {"ours": 4, "protected": 1}  # foreign ones are filtered out by EC2 itself
 
     reaper.run()
     second = reaper.run()
     done = {(a.machine_id or a.resource.resource_id, a.kind) for a in second.actions if a.outcome == "done"}
-    assert done == {(expired, "teardown"), (idle, "teardown")}
+    assert done == {(expired, "teardown"), (idle, "teardown"), (orphan_i, "terminate-orphan")}
     assert sorted(backend.destroyed) == sorted([expired, idle])
 
     states_now = {
@@ -192,9 +193,10 @@ def test_only_the_right_instances_are_acted_on(aws, ledger_url):
         traces = session.scalars(select(ReaperAction)).all()
     # The orphan had no ledger row (no machine to hang an event on): its removal is still recorded.
     assert [(t.resource_id, t.machine_tag, t.action, t.reason, t.outcome) for t in traces] == [
-        (orphan_i, "m-0rphan00", "terminate-orphan", "orphan", "done")
+        (orphan_i, "m-0rphan00", "mark-orphan", "orphan", "done"),
+        (orphan_i, "m-0rphan00", "terminate-orphan", "orphan", "done"),
     ]
-    assert traces[0].location.startswith(REGION) and traces[0].data["tags"]["deepops-installation"] == inst
+    assert traces[1].location.startswith(REGION) and traces[1].data["tags"]["deepops-installation"] == inst
 
 
 def agent_metrics(clients: Clients, machine_id: str, *, idle_seconds: float) -> None:

@@ -128,13 +128,13 @@ def test_an_orphans_companions_go_with_it_and_leftovers_are_swept(aws, ledger_ur
             f"provide-client-params.iam.{op}",
             lambda params, **_: iam_reads.append(params.get("RoleName") or params.get("InstanceProfileName")),
         )
-    reaper = Reaper(settings, ledger, {"aws": provider}, ReaperSettings())
+    reaper = Reaper(settings, ledger, {"aws": provider}, ReaperSettings(orphan_grace=timedelta(0)))
     before = present(clients)
 
     dry = reaper.run(dry_run=True)
     planned = [(a.kind, a.machine_id, a.resource.resource_id) for a in dry.actions]
     assert planned == [
-        ("terminate-orphan", None, orphan["instance"]),
+        ("mark-orphan", None, orphan["instance"]),  # no ledger row: marked first, removed a grace later
         *(("terminate-orphan", ended, failed_destroy[k]) for k in ("profile", "role", "key", "sg")),
     ]  # the orphan's companions are not planned: its removal takes them along
     assert present(clients) == before and not dry.errors
@@ -146,7 +146,13 @@ def test_an_orphans_companions_go_with_it_and_leftovers_are_swept(aws, ledger_ur
     assert not first.errors, first.errors
     expected = [orphan["instance"], *(failed_destroy[k] for k in ("profile", "role", "key", "sg"))]
     assert [(a.resource.resource_id, a.outcome) for a in first.actions] == [(rid, "done") for rid in expected]
-    [removal] = [a for a in first.actions if a.resource.resource_id == orphan["instance"]]
+    assert set(orphan.values()) <= present(clients)  # only marked
+    [removal] = reaper.run().actions
+    assert (removal.kind, removal.resource.resource_id, removal.outcome) == (
+        "terminate-orphan",
+        orphan["instance"],
+        "done",
+    )
     assert "also removed" in (removal.note or "") and orphan["sg"] in removal.note
     now = present(clients)
     assert now.isdisjoint(set(orphan.values()) | set(failed_destroy.values()))
@@ -158,8 +164,11 @@ def test_an_orphans_companions_go_with_it_and_leftovers_are_swept(aws, ledger_ur
         traces = session.scalars(select(ReaperAction)).all()
         events = session.scalars(select(Event).where(Event.machine_id == ended, Event.kind == "reaper")).all()
         assert store.find_machine(session, launching).ended_at is None
-    assert [(t.resource_id, t.machine_tag, t.outcome) for t in traces] == [(orphan["instance"], "m-0rphan01", "done")]
-    assert "also removed" in (traces[0].detail or "") and "failed" not in (traces[0].detail or "")
+    assert [(t.resource_id, t.machine_tag, t.action, t.outcome) for t in traces] == [
+        (orphan["instance"], "m-0rphan01", "mark-orphan", "done"),
+        (orphan["instance"], "m-0rphan01", "terminate-orphan", "done"),
+    ]
+    assert "also removed" in (traces[1].detail or "") and "failed" not in (traces[1].detail or "")
     assert sorted(e.data["resource"] for e in events) == sorted(failed_destroy.values())
 
 
@@ -174,8 +183,9 @@ def test_a_group_still_in_use_waits_for_a_later_cycle_without_an_error(aws, ledg
             raise ClientError({"Error": error}, "DeleteSecurityGroup")
 
     clients.ec2(REGION).meta.events.register("provide-client-params.ec2.DeleteSecurityGroup", dependency_violation)
-    reaper = Reaper(settings, ledger, {"aws": provider}, ReaperSettings())
+    reaper = Reaper(settings, ledger, {"aws": provider}, ReaperSettings(orphan_grace=timedelta(0)))
 
+    assert [(a.kind, a.outcome) for a in reaper.run().actions] == [("mark-orphan", "done")]  # seen: marked
     first = reaper.run()
     assert not first.errors and [(a.resource.resource_id, a.outcome) for a in first.actions] == [
         (orphan["instance"], "done")
@@ -194,10 +204,12 @@ def test_a_group_still_in_use_waits_for_a_later_cycle_without_an_error(aws, ledg
     assert orphan["sg"] not in present(clients)
     with ledger.read() as session:
         traces = session.scalars(select(ReaperAction).order_by(ReaperAction.id)).all()
-    # The skipped attempt did nothing and left no trace; each removal did.
-    assert [(t.resource_id, t.machine_tag, t.outcome) for t in traces] == [
-        (orphan["instance"], "m-0rphan02", "done"),
-        (orphan["sg"], "m-0rphan02", "done"),
+    # The skipped attempt did nothing and left no trace; the mark and each removal did. The group,
+    # listed only once the instance was gone, was removed under the machine's mark.
+    assert [(t.resource_id, t.machine_tag, t.action, t.outcome) for t in traces] == [
+        (orphan["instance"], "m-0rphan02", "mark-orphan", "done"),
+        (orphan["instance"], "m-0rphan02", "terminate-orphan", "done"),
+        (orphan["sg"], "m-0rphan02", "terminate-orphan", "done"),
     ]
 
 
@@ -215,9 +227,11 @@ def test_without_agent_metrics_iam_is_never_read(aws, ledger_url, tmp_path):  # 
     calls: list[str] = []
     clients.client("iam", REGION).meta.events.register("before-call.iam", lambda model, **_: calls.append(model.name))
 
-    dry = Reaper(settings, ledger, {"aws": provider}, ReaperSettings()).run(dry_run=True)
+    reaper = Reaper(settings, ledger, {"aws": provider}, ReaperSettings(orphan_grace=timedelta(0)))
+    assert [(a.kind, a.resource.machine_id) for a in reaper.run().actions] == [("mark-orphan", "m-1eft0001")]
+    dry = reaper.run(dry_run=True)
     assert sorted(a.resource.resource_id for a in dry.actions) == sorted([left["key"], left["sg"]])
-    assert calls == []
+    assert {a.kind for a in dry.actions} == {"terminate-orphan"} and calls == []
 
 
 class LeavingProvider(FakeProvider):
@@ -274,8 +288,14 @@ def test_the_reaper_removes_leftovers_only_of_machines_with_nothing_else_left(tm
     launching = add_machine(ledger, status=states.PROVISIONING, age=timedelta(minutes=1))
     fake.leave(launching, ours(launching), f"sg-{launching}")
     fake.busy.add("key-alone001")
-    reaper = Reaper(settings_for(tmp_path), ledger, {"fake": fake}, ReaperSettings())
+    reaper = Reaper(settings_for(tmp_path), ledger, {"fake": fake}, ReaperSettings(orphan_grace=timedelta(0)))
 
+    marked = reaper.run()  # no ledger rows: each machine is marked once, nothing is touched
+    assert [(a.kind, a.resource.resource_id, a.outcome) for a in marked.actions] == [
+        ("mark-orphan", "i-m-withinst", "done"),
+        ("mark-orphan", "sg-alone001", "done"),
+    ]
+    assert "(and 1 more of its resources)" in marked.actions[1].detail
     dry = reaper.run(dry_run=True)
     assert [a.resource.resource_id for a in dry.actions] == ["i-m-withinst", "sg-alone001", "key-alone001"]
     assert {"machine": "m-guarded1", "why": "orphan, but protected (deepops-protect=true)"} in dry.waiting
@@ -289,7 +309,9 @@ def test_the_reaper_removes_leftovers_only_of_machines_with_nothing_else_left(tm
         ("key-alone001", "skipped", "in use, left for a later cycle: key-alone001 is in use"),
     ]
     with ledger.read() as session:
-        traces = session.scalars(select(ReaperAction).order_by(ReaperAction.id)).all()
+        traces = session.scalars(
+            select(ReaperAction).where(ReaperAction.action == "terminate-orphan").order_by(ReaperAction.id)
+        ).all()
     assert [(t.resource_id, t.outcome, t.detail.endswith("; and its companions")) for t in traces] == [
         ("i-m-withinst", "done", True),
         ("sg-alone001", "done", False),
@@ -301,6 +323,6 @@ def test_the_reaper_removes_leftovers_only_of_machines_with_nothing_else_left(tm
     fake.add("m-late0001", ours("m-late0001"))
     fake.listing_fails = True
     failing = reaper.run()
-    assert [a.resource.resource_id for a in failing.actions] == ["i-m-late0001"]
+    assert [(a.kind, a.resource.resource_id) for a in failing.actions] == [("mark-orphan", "i-m-late0001")]
     assert failing.errors == ["fake: listing leftovers failed: RuntimeError: listing refused"]
     assert set(fake.leftovers) == {"sg-guarded1", "sg-0ther001", "sg-nomanage", f"sg-{launching}"}

@@ -9,6 +9,14 @@
    checking in with each machine's agent.
 4. Warn (webhook, once per episode), and once the grace is over act: tear down through the
    provider with the lifecycle, which closes the record only on confirmed termination.
+5. Prune what orphan removals put in quarantine (on-prem workspaces) once past its retention.
+
+Orphans: one whose machine has an ended ledger row is removed at once (the row proves it was
+ours, and that it ended). One with no ledger row at all (a resource made after the ledger's
+backup was taken, or by a launch whose row is lost) is mark-then-act: the first cycle that sees
+it records a mark (reaper_actions, action `mark-orphan`), reports it and notifies once; it is
+removed only by a cycle at least `reaper.orphan_grace` later, and on-prem its workspace goes to
+quarantine, not away.
 
 Guards: resources without `deepops-managed=true`, of another installation or with
 `deepops-protect=true` are never acted on; a cap bounds the destructive actions per cycle; a
@@ -22,21 +30,23 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from deepops_infra import states
 from deepops_infra.config import Settings
 from deepops_infra.costs.budgets import over_budget_teams
+from deepops_infra.durations import format_duration
 from deepops_infra.errors import DeepopsError
 from deepops_infra.ledger import store
 from deepops_infra.ledger.db import Ledger
+from deepops_infra.ledger.liveness import LAUNCHER_EVENT, LaunchLocks
 from deepops_infra.ledger.schema import Event, Machine, Notification, ReaperAction, UtilizationSample
 from deepops_infra.lifecycle import Lifecycle
 from deepops_infra.progress import QuietProgress
 from deepops_infra.providers.base import Provider, Resource, ResourceBusy, Utilization
 from deepops_infra.reaper import guards
 from deepops_infra.reaper.lock import MachineLocks
-from deepops_infra.reaper.policy import LIVE_STATES, Due, MachineFacts, evaluate
+from deepops_infra.reaper.policy import LIVE_STATES, SETUP_STATES, Due, MachineFacts, evaluate
 from deepops_infra.reaper.settings import ReaperSettings
 
 DESTRUCTIVE = ("teardown", "fail", "close-ghost", "terminate-orphan")
@@ -46,6 +56,7 @@ PRIORITY = {
     "setup-failed": 1,
     "teardown-stuck": 2,
     "setup-stuck": 3,
+    "launcher-dead": 3,
     "ghost": 4,
     "ttl-expired": 5,
     "policy-max-ttl": 6,
@@ -61,7 +72,7 @@ def _iso(at: datetime | None) -> str | None:
 
 @dataclass
 class Action:
-    kind: str  # warn | teardown | fail | close-ghost | terminate-orphan | mark-ready
+    kind: str  # warn | teardown | fail | close-ghost | terminate-orphan | mark-orphan | mark-ready | prune-quarantine
     reason: str
     detail: str
     cloud: str
@@ -223,6 +234,8 @@ class Reaper:
                 action.outcome = "planned"
                 continue
             self._execute(action, live, report)
+        if not dry_run:
+            actions += self._prune_quarantine(list(found), report)
         report.actions = actions
         report.duration_seconds = time.monotonic() - t0
         return report
@@ -236,15 +249,18 @@ class Reaper:
             progress: dict[str, datetime] = {}
             extends: dict[str, datetime] = {}
             kept: set[str] = set()
+            launched: set[str] = set()  # machines whose launcher holds a lock (ledger/liveness.py)
             samples: dict[str, list[tuple[datetime, float, bool | None]]] = defaultdict(list)
             if ids:
                 for mid, kind, at in session.execute(
                     select(Event.machine_id, Event.kind, func.max(Event.at))
-                    .where(Event.machine_id.in_(ids), Event.kind.in_(("transition", "extend", "kept")))
+                    .where(Event.machine_id.in_(ids), Event.kind.in_(("transition", "extend", "kept", LAUNCHER_EVENT)))
                     .group_by(Event.machine_id, Event.kind)
                 ):
                     if kind == "kept":
                         kept.add(mid)
+                    elif kind == LAUNCHER_EVENT:
+                        launched.add(mid)
                     else:
                         (progress if kind == "transition" else extends)[mid] = at
                 longest = max((int(m.request.get("idle_timeout") or 0) for m in machines), default=0)
@@ -261,14 +277,29 @@ class Reaper:
         return {
             m.id: _Live(
                 machine=m,
-                facts=self._facts(m, progress.get(m.id), extends.get(m.id), m.id in kept),
+                facts=self._facts(
+                    m, progress.get(m.id), extends.get(m.id), m.id in kept, self._launcher_alive(m, launched)
+                ),
                 samples=samples.get(m.id, []),
             )
             for m in machines
         }
 
+    def _launcher_alive(self, m: Machine, launched: set[str]) -> bool | None:
+        """Whether the process launching (or failing) the machine still runs; None: nothing known (a
+        machine written before launchers held locks, or one past its launch)."""
+        if m.id not in launched or m.status not in (*SETUP_STATES, states.FAILED):
+            return None
+        return LaunchLocks.of(self.ledger).alive(m.id)
+
     @staticmethod
-    def _facts(m: Machine, progress: datetime | None, extended: datetime | None, kept: bool = False) -> MachineFacts:
+    def _facts(
+        m: Machine,
+        progress: datetime | None,
+        extended: datetime | None,
+        kept: bool = False,
+        launcher_alive: bool | None = None,
+    ) -> MachineFacts:
         return MachineFacts(
             id=m.id,
             status=m.status,
@@ -279,6 +310,7 @@ class Reaper:
             last_progress_at=progress or m.created_at,
             last_extend_at=extended,
             kept=kept,
+            launcher_alive=launcher_alive,
         )
 
     def _classify(
@@ -335,6 +367,7 @@ class Reaper:
             return []
         with self.ledger.read() as session:
             ended = dict(session.execute(select(Machine.id, Machine.ended_at).where(Machine.id.in_(candidates))).all())
+        marks = self._marks([key for key in candidates if key not in ended])
         actions = []
         for key in candidates:
             ended_at = ended.get(key)
@@ -343,20 +376,76 @@ class Reaper:
             if key in protected:
                 report.waiting.append({"machine": key, "why": "orphan, but protected (deepops-protect=true)"})
                 continue
-            for resource in ours[key]:
-                why = f"no ledger row for {key}" if key not in ended else f"{key} ended at {_iso(ended_at)}"
-                actions.append(
-                    Action(
-                        "terminate-orphan",
-                        "orphan",
-                        f"{resource.resource_id} on {resource.location or resource.cloud}: {why}",
-                        resource.cloud,
-                        machine_id=key if key in ended else None,
-                        resource=resource,
-                        owner=resource.tags.get("deepops-owner"),
-                    )
-                )
+            if key in ended:
+                actions += [
+                    self._orphan_action("terminate-orphan", key, r, f"{key} ended at {_iso(ended_at)}")
+                    for r in ours[key]
+                ]
+            else:
+                actions += self._unclaimed(key, ours[key], marks, now, report)
         return actions
+
+    def _orphan_action(self, kind: str, key: str | None, resource: Resource, why: str) -> Action:
+        where = f"{resource.resource_id} on {resource.location or resource.cloud}"
+        owner = resource.tags.get("deepops-owner")
+        return Action(kind, "orphan", f"{where}: {why}", resource.cloud, machine_id=key, resource=resource, owner=owner)
+
+    def _unclaimed(
+        self,
+        key: str,
+        resources: list[Resource],
+        marks: dict[tuple[str, str], datetime],
+        now: datetime,
+        report: Report,
+    ) -> list[Action]:
+        """Mark-then-act for the resources of a machine with no ledger row at all: the first cycle
+        that sees them marks the machine once (per target); a cycle at least reaper.orphan_grace
+        after that removes them."""
+        actions = []
+        for cloud in sorted({r.cloud for r in resources}):
+            mine = [r for r in resources if r.cloud == cloud]
+            seen_at = marks.get((cloud, key))
+            if seen_at is None:
+                more = f" (and {len(mine) - 1} more of its resources)" if len(mine) > 1 else ""
+                due = now + self.rs.orphan_grace
+                why = f"no ledger row for {key}{more}; removed at {_iso(due)} or later unless protected"
+                mark = self._orphan_action("mark-orphan", None, mine[0], why)
+                mark.deadline = due
+                actions.append(mark)
+            elif now < seen_at + self.rs.orphan_grace:
+                due = _iso(seen_at + self.rs.orphan_grace)
+                why = f"orphan with no ledger row: first seen {_iso(seen_at)}, removed at {due} unless claimed"
+                report.waiting.append({"machine": key, "why": why})
+            else:
+                why = f"no ledger row for {key}, first seen {_iso(seen_at)}"
+                actions += [self._orphan_action("terminate-orphan", None, r, why) for r in mine]
+        return actions
+
+    def _marks(self, keys: list[str]) -> dict[tuple[str, str], datetime]:
+        """When each machine with no ledger row was first seen: (target, machine ID or resource ID of
+        an untagged one) -> its earliest `mark-orphan` trace."""
+        keys = sorted({k[:255] for k in keys})
+        if not keys:
+            return {}
+        with self.ledger.read() as session:
+            rows = session.execute(
+                select(
+                    ReaperAction.cloud, ReaperAction.machine_tag, ReaperAction.resource_id, func.min(ReaperAction.at)
+                )
+                .where(
+                    ReaperAction.action == "mark-orphan",
+                    or_(
+                        ReaperAction.machine_tag.in_([k for k in keys if len(k) <= 64]),
+                        ReaperAction.resource_id.in_(keys),
+                    ),
+                )
+                .group_by(ReaperAction.cloud, ReaperAction.machine_tag, ReaperAction.resource_id)
+            ).all()
+        marks: dict[tuple[str, str], datetime] = {}
+        for cloud, tag, rid, at in rows:
+            key = (cloud, tag or rid)
+            marks[key] = min(at, marks.get(key, at))
+        return marks
 
     def _ghost(self, item: _Live, gone: Resource | None, report: Report) -> list[Action]:
         m = item.machine
@@ -414,41 +503,42 @@ class Reaper:
                 return [Action("mark-ready", "active", "in use again", m.cloud, machine_id=m.id, owner=m.owner)]
             return []
         if not due.warn:
-            kind = "fail" if due.reason == "setup-stuck" else "teardown"
+            kind = "fail" if due.reason in ("setup-stuck", "launcher-dead") else "teardown"
             return [Action(kind, due.reason, due.detail, m.cloud, machine_id=m.id, owner=m.owner)]
+        from deepops_infra.notify import configured
+
+        key = due.warning_key(m.id)
         with self.ledger.read() as session:
-            warned_at = session.scalar(select(Notification.at).where(Notification.key == due.warning_key(m.id)))
-        if warned_at is None:
-            deadline = max(due.due_at, now + self.rs.grace)
-            return [
-                Action(
-                    "warn",
-                    due.reason,
-                    due.detail,
-                    m.cloud,
-                    machine_id=m.id,
-                    owner=m.owner,
-                    deadline=deadline,
-                    key=due.warning_key(m.id),
-                )
-            ]
-        deadline = max(due.due_at, warned_at + self.rs.grace)
-        if now >= deadline:
+            warned = session.execute(
+                select(Notification.at, Notification.delivered).where(Notification.key == key)
+            ).first()
+        # The grace runs from the recorded warning, delivered or not (a webhook that is missing or
+        # down delays no teardown); a warning sent late still gets the whole grace.
+        deadline = due.ends_at(now if warned is None else warned.at, self.rs.grace)
+        if warned is not None and now >= deadline:
             return [
                 Action(
                     "teardown",
                     due.reason,
-                    f"{due.detail}; warned at {_iso(warned_at)}",
+                    f"{due.detail}; warned at {_iso(warned.at)}",
                     m.cloud,
                     machine_id=m.id,
                     owner=m.owner,
                     deadline=deadline,
                 )
             ]
-        if report is not None:
+        if warned is not None and report is not None:
+            undelivered = "" if warned.delivered else " (warning not delivered yet)"
             report.waiting.append(
-                {"machine": m.id, "why": f"{due.reason}: warned, ends at {_iso(deadline)} unless extended"}
+                {"machine": m.id, "why": f"{due.reason}: warned, ends at {_iso(deadline)} unless extended{undelivered}"}
             )
+        if warned is None or (not warned.delivered and configured(self.settings)):
+            # The warning, or a retry of its delivery while the machine waits (the recorded message).
+            return [
+                Action(
+                    "warn", due.reason, due.detail, m.cloud, machine_id=m.id, owner=m.owner, deadline=deadline, key=key
+                )
+            ]
         return []
 
     def _sample_tuple(self, item: _Live, now: datetime) -> tuple[datetime, float, bool | None]:
@@ -483,17 +573,11 @@ class Reaper:
             )
 
     def _checkin(self, provider: Provider, item: _Live, report: Report) -> None:
+        from deepops_infra.agent.settings import agent_control
+
         m = item.machine
-        policy = self.settings.config.policy_for(m.team)
-        expiry = min(m.expires_at, (m.ready_at or m.created_at) + policy.max_ttl)
-        control = {
-            "at": _iso(store.now()),
-            "expires_at": _iso(expiry),
-            "idle_timeout_seconds": int(item.facts.idle_timeout.total_seconds()),
-            "by": "deepops reap",
-        }
         try:
-            provider.checkin(m, control)
+            provider.checkin(m, agent_control(self.settings, m, "deepops reap"))
         except Exception as exc:
             report.errors.append(f"{m.id}: check-in: {type(exc).__name__}: {exc}")
 
@@ -530,6 +614,9 @@ class Reaper:
 
     def _still_due(self, action: Action, item: _Live) -> tuple[Machine, str | None]:
         """Re-read the row under the lock: (the fresh row, why the action no longer applies)."""
+        # The launcher first: it lets go of its lock only after its last write to the row.
+        launched = {item.machine.id} if item.facts.launcher_alive is not None else set()
+        launcher_alive = self._launcher_alive(item.machine, launched)
         with self.ledger.read() as session:
             row = store.find_machine(session, item.machine.id)
             progress = session.scalar(
@@ -543,7 +630,7 @@ class Reaper:
             return row, f"already ended ({row.status})"
         if action.kind == "close-ghost":
             return row, None if row.status in GHOST_STATES else f"now {row.status}"
-        facts = replace(self._facts(row, progress, extended, kept), over_budget=item.facts.over_budget)
+        facts = replace(self._facts(row, progress, extended, kept, launcher_alive), over_budget=item.facts.over_budget)
         fresh = _Live(row, facts, item.utilization, item.samples)
         now = store.now()
         policy = self.settings.config.policy_for(row.team)
@@ -558,6 +645,9 @@ class Reaper:
     def _act(self, action: Action, live: dict[str, _Live]) -> None:
         if action.kind == "terminate-orphan":
             self._terminate_orphan(action)
+            return
+        if action.kind == "mark-orphan":
+            self._mark_orphan(action)
             return
         assert action.machine_id is not None
         row, stale = self._still_due(action, live[action.machine_id])
@@ -610,39 +700,83 @@ class Reaper:
         else:
             self._record_unknown(action, resource, "done", note)
 
-    def _record_unknown(self, action: Action, resource: Resource, outcome: str, note: str | None = None) -> None:
+    def _mark_orphan(self, action: Action) -> None:
+        """The first sight of an orphan with no ledger row: recorded (its first-seen time is the
+        mark's), and the people told once; nothing is touched."""
+        from deepops_infra.notify import send_once
+
+        resource = action.resource
+        assert resource is not None
+        mark = self._record_unknown(action, resource, "done", "marked: nothing touched yet")
+        when = _iso(action.deadline)
+        text = (
+            f"deepops: {resource.resource_id} on {resource.location or resource.cloud} carries this installation's "
+            f"marks for {resource.machine_id or '-'} but has no ledger row. The reaper removes it at {when} or later "
+            "(on-prem: processes ended, workspace moved to quarantine). To keep it, protect it "
+            "(deepops-protect=true; on-prem: create .deepops/protect in the workspace)."
+        )
+        fields = {"resource": resource.resource_id, "where": resource.location or resource.cloud, "removed at": when}
+        sent = send_once(self.settings, self.ledger, f"orphan-mark:{mark}", "reaper-orphan", text, fields)
+        action.outcome, action.note = "done", "marked and notified" if sent else "marked"
+
+    def _prune_quarantine(self, clouds: list[str], report: Report) -> list[Action]:
+        """Delete what orphan removals quarantined, once past reaper.quarantine_retention."""
+        actions = []
+        for cloud in clouds:
+            try:
+                pruned = self.provider(cloud).prune_quarantine(self.rs.quarantine_retention)
+            except Exception as exc:  # the cycle's actions are done; pruning waits for a later cycle
+                report.errors.append(f"{cloud}: pruning the quarantine failed: {type(exc).__name__}: {exc}")
+                continue
+            for resource in pruned:
+                retention = format_duration(self.rs.quarantine_retention)
+                detail = f"{resource.resource_id} on {resource.location or cloud}: quarantined over {retention} ago"
+                action = Action("prune-quarantine", "retention", detail, cloud, resource=resource, outcome="done")
+                self._record_unknown(action, resource, "done")
+                actions.append(action)
+        return actions
+
+    def _record_unknown(self, action: Action, resource: Resource, outcome: str, note: str | None = None) -> int:
+        """A reaper_actions row for an action on a resource without a machine row; its ID."""
         data = {**action.to_json(), "outcome": outcome, "note": note, "tags": resource.tags}
         failed = "failed: " if outcome == "failed" else ""
         with self.ledger.write() as session:
-            session.add(
-                ReaperAction(
-                    at=store.now(),
-                    cloud=resource.cloud,
-                    resource_id=resource.resource_id[:255],
-                    location=(resource.location or "")[:128] or None,
-                    machine_tag=(resource.machine_id or "")[:64] or None,
-                    action=action.kind,
-                    reason=action.reason,
-                    detail=action.detail if note is None else f"{action.detail}; {failed}{note}",
-                    outcome=outcome,
-                    data=data,
-                )
+            row = ReaperAction(
+                at=store.now(),
+                cloud=resource.cloud,
+                resource_id=resource.resource_id[:255],
+                location=(resource.location or "")[:128] or None,
+                machine_tag=(resource.machine_id or "")[:64] or None,
+                action=action.kind,
+                reason=action.reason,
+                detail=action.detail if note is None else f"{action.detail}; {failed}{note}",
+                outcome=outcome,
+                data=data,
             )
+            session.add(row)
+            session.flush()
+            return row.id
 
     def _warn(self, action: Action, row: Machine) -> None:
         from deepops_infra.notify import send_once
 
         assert action.key is not None
         ends = _iso(action.deadline)
+        keep = "Using it again keeps it, and so does" if action.reason == "idle" else "Keep it with"
         text = (
             f"deepops: {row.id} ({row.owner}, {row.team}/{row.project}) will be ended at {ends}: {action.detail}. "
-            f"Keep it with `deepops extend {row.id} --ttl 1h`."
+            f"{keep} `deepops extend {row.id} --ttl 1h`."
         )
         where = row.host or row.region or "-"
         fields = {"machine": row.id, "reason": action.reason, "ends at": ends or "-", "host": where}
         sent = send_once(self.settings, self.ledger, action.key, "reaper-warning", text, fields, machine_id=row.id)
-        if not sent:
-            action.outcome, action.note = "skipped", "already warned"
+        if not sent.first:  # recorded before: a retry of its delivery, or nothing left to do
+            if sent.delivered:
+                action.outcome, action.note = "done", "delivered on a retry"
+            elif sent.error:
+                action.outcome, action.note = "failed", sent.describe()
+            else:
+                action.outcome, action.note = "skipped", "already warned"
             return
         with self.ledger.write() as session:
             fresh = store.find_machine(session, row.id, for_update=True)
@@ -650,6 +784,7 @@ class Reaper:
             if action.reason == "idle" and fresh.status == states.READY:
                 store.transition(session, fresh, states.IDLE, action.detail)
         action.outcome = "done"
+        action.note = None if sent.delivered else f"recorded; {sent.describe()}"
 
     def _close_ghost(self, action: Action, row: Machine) -> None:
         at = action.confirmed_at or store.now()

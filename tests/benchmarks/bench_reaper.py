@@ -7,7 +7,7 @@
    API calls by operation. Discovery is paginated (100 per page) and filtered server-side, so
    DescribeInstances calls grow with pages, not instances; `--managed` of them have live ledger
    rows, whose utilization the provider reads from CloudWatch (calls per machine), the rest are
-   orphans (planned break-glass terminations, most refused by the cap).
+   orphans with no ledger row (planned marks: mark-then-act, removed a later cycle).
 2. Teardown start after the last activity on an idle localhost lease with the agent, against the
    goal idle timeout + 30 s, with `deepops reap --daemon` as a team would run it.
 """

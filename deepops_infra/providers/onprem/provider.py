@@ -9,7 +9,7 @@ import json
 import os
 import shlex
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from deepops_infra.ansible import PlayResult, run_playbook
 from deepops_infra.config import Settings
 from deepops_infra.errors import CapacityError, OperationError, UserError
+from deepops_infra.intake import disk_shortfall
 from deepops_infra.ledger import store
 from deepops_infra.ledger.db import Ledger
 from deepops_infra.ledger.schema import GpuLease, Machine
@@ -77,14 +78,22 @@ class OnpremProvider(Provider):
             raise UserError("the on-prem pool is empty; add a host with `deepops pool add`")
         return hosts
 
+    def image_pin(self, image: "Image", region: str | None) -> str | None:
+        """On-prem an image is pinned by its hashed package lock, the same on every host."""
+        return image.onprem.pin if image.onprem else None
+
     def plan(self, request: "MachineRequest", image: "Image") -> list[Plan]:
         from deepops_infra.agent.settings import AgentSettings
 
         AgentSettings.load(self.settings)  # a bad `agent:` section fails here, before anything is written
-        if image.onprem is None:
+        pin = self.image_pin(image, None)
+        if pin is None:
             raise UserError(f"--image {image.name}: the image has no on-prem pin; choose another image")
         plans, offered = [], []
         for host in self._candidates(request):
+            if request.disk_gb and (short := disk_shortfall(self.settings, host, request.disk_gb)):
+                offered.append(short)  # --disk: a host known to lack the room is never planned
+                continue
             if request.gpus.count == 0:
                 gpus: list[int] = []
             else:
@@ -105,7 +114,7 @@ class OnpremProvider(Provider):
                     accelerator=request.gpus.model
                     or (self._capacity[host.name].gpus[0].model if request.gpus.count else None),
                     accelerator_count=request.gpus.count,
-                    image_pin=image.onprem.pin,
+                    image_pin=pin,
                     price=price,
                     details={"candidate_gpus": gpus},
                 )
@@ -171,6 +180,10 @@ class OnpremProvider(Provider):
             progress=progress,
         )
 
+    def _installation(self) -> str:
+        with self.ledger.write() as session:
+            return store.installation_id(session)
+
     def create(self, machine: Machine, progress: Progress) -> dict[str, Any]:
         host = self._host(machine)
         indexes = machine.plan.get("gpu_indexes", [])
@@ -179,6 +192,7 @@ class OnpremProvider(Provider):
             machine,
             {
                 "onprem_lease_machine_id": machine.id,
+                "onprem_lease_installation_id": self._installation(),
                 "onprem_lease_workspace_root": self.workspace_root(host),
                 "onprem_lease_gpu_indexes": indexes,
                 "onprem_lease_gpus_declared": host.declared_gpus is not None,
@@ -268,7 +282,11 @@ class OnpremProvider(Provider):
         result = self._play(
             "release",
             machine,
-            {"onprem_release_machine_id": machine.id, "onprem_release_workspace": workspace},
+            {
+                "onprem_release_machine_id": machine.id,
+                "onprem_release_installation_id": self._installation(),
+                "onprem_release_workspace": workspace,
+            },
             progress,
         )
         if result.ok:
@@ -283,8 +301,7 @@ class OnpremProvider(Provider):
         """The agent role's variables (configure installs and starts it in the lease)."""
         from deepops_infra.agent.settings import AgentSettings
 
-        with self.ledger.write() as session:
-            installation = store.installation_id(session)
+        installation = self._installation()
         return AgentSettings.load(self.settings).role_vars(
             machine,
             installation,
@@ -329,40 +346,42 @@ class OnpremProvider(Provider):
         workspace = (machine.provider_refs or {}).get("workspace")
         return f"{workspace}/.deepops/agent" if workspace else None
 
-    def _scan(self, host: PoolHost, root: str) -> dict[str, Any]:
+    def _workspaces(self, host: PoolHost, *args: str) -> Any:
+        """workspaces.py on the host: `ROOT` lists the leases, `--prune ROOT SECONDS ID` prunes."""
         from deepops_infra.providers.onprem import workspaces
 
         if host.connection == "local":
-            return workspaces.scan(root)
+            if args[0] == "--prune":
+                return workspaces.prune(args[1], float(args[2]), args[3])
+            return workspaces.scan(args[0])
         source = Path(workspaces.__file__).read_text()
-        return json.loads(self._on_host(host, [host.python, "-", root], stdin=source))
+        return json.loads(self._on_host(host, [host.python, "-", *args], stdin=source))
 
     def discover(self) -> list[Resource]:
         """The lease workspaces found on every reachable pool host, tagged like cloud resources.
 
-        A workspace is this installation's when its agent says so, or when it lies under this
-        installation's own home (localhost's default root); otherwise it carries no installation
-        tag and the reaper leaves it alone. Hosts that cannot be listed are skipped, so nothing
-        on them is ever taken for gone.
+        A workspace is this installation's only when its lease marker (written by the lease
+        role when it created the workspace, owned by the host user) names this installation and
+        the workspace's own machine ID. Any other `m-*` directory is listed as unmanaged (a
+        marker of another installation: as that installation's), so the reaper never acts on
+        it. Hosts that cannot be listed are skipped, so nothing on them is ever taken for gone.
         """
-        with self.ledger.write() as session:
-            installation = store.installation_id(session)
-        home = self.settings.home.resolve()
         self._scanned = {}
         resources = []
         for host in self.pool.hosts:
             root = self.workspace_root(host)
             try:
-                listing = self._scan(host, root)
+                listing = self._workspaces(host, root)
             except (OperationError, ValueError):
                 continue
             found = listing["leases"]
             self._scanned[host.name] = (listing["root"].rstrip("/"), {f["name"] for f in found})
-            ours = host.connection == "local" and Path(root).resolve().is_relative_to(home)
             for lease in found:
-                tags = {"deepops-managed": "true", "deepops-machine": lease["name"]}
-                if owner := lease["installation_id"] or (installation if ours else None):
-                    tags["deepops-installation"] = owner
+                tags = {"deepops-machine": lease["name"]}
+                marker = lease.get("marker") or {}
+                if marker.get("machine_id") == lease["name"] and marker.get("installation_id"):
+                    tags["deepops-managed"] = "true"
+                    tags["deepops-installation"] = marker["installation_id"]
                 if lease["protect"]:
                     tags["deepops-protect"] = "true"
                 resources.append(
@@ -389,19 +408,53 @@ class OnpremProvider(Provider):
             return None
         return datetime.now(UTC)
 
-    def terminate_resource(self, resource: Resource) -> None:
-        """Release a lease workspace that has no live machine (its processes, then the workspace)."""
+    def terminate_resource(self, resource: Resource) -> str | None:
+        """Release a lease workspace that has no live machine: end its processes, then move the
+        workspace to `<root>/.deepops-quarantine/<machine>-<UTC time>` on its host (pruned by
+        prune_quarantine), never delete it. The release role checks the marker again first."""
+        from deepops_infra.providers.onprem.workspaces import QUARANTINE, STAMP
+
         host = self.pool.get(resource.location or "")
         name = resource.machine_id or Path(resource.resource_id).name
+        now = datetime.now(UTC)
+        quarantine = f"{os.path.dirname(resource.resource_id.rstrip('/'))}/{QUARANTINE}/{name}-{now:{STAMP}}"
         result = run_playbook(
             self.settings,
             "release",
             [host],
-            {"onprem_release_machine_id": name, "onprem_release_workspace": resource.resource_id},
-            ident=f"{name}-orphan-{datetime.now(UTC):%H%M%S%f}",
+            {
+                "onprem_release_machine_id": name,
+                "onprem_release_installation_id": self._installation(),
+                "onprem_release_workspace": resource.resource_id,
+                "onprem_release_quarantine": quarantine,
+            },
+            ident=f"{name}-orphan-{now:%H%M%S%f}",
         )
         if not result.ok:
             raise OperationError(result.error(f"releasing orphan {name} on {host.name} failed"))
+        released = result.stats.get("deepops_release") or {}
+        if not released.get("present", True):
+            return "already gone"
+        if not released.get("quarantined"):
+            raise OperationError(f"{resource.resource_id} on {host.name}: its lease marker is gone; left alone")
+        return f"processes ended ({len(released.get('pids') or [])}), workspace moved to {quarantine}"
+
+    def prune_quarantine(self, older_than: timedelta) -> list[Resource]:
+        """Remove the quarantined workspaces of this installation older than `older_than` from
+        every reachable pool host; what was removed."""
+        installation = self._installation()
+        pruned = []
+        for host in self.pool.hosts:
+            args = ("--prune", self.workspace_root(host), str(int(older_than.total_seconds())), installation)
+            try:
+                paths = self._workspaces(host, *args)
+            except (OperationError, ValueError):
+                continue
+            for path in paths:
+                name = os.path.basename(path).rsplit("-", 1)[0]
+                tags = {"deepops-managed": "true", "deepops-installation": installation, "deepops-machine": name}
+                pruned.append(Resource("onprem", name, path, "deleted", tags=tags, location=host.name))
+        return pruned
 
     def checkin(self, machine: Machine, control: dict[str, Any]) -> None:
         """Write the agent's checkin.json: the control plane is alive, and the current expiry."""
