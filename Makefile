@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "deepops-infra needs Python 3.11 or newer (set PYTHON=...)")'
@@ -29,6 +29,11 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	set -a && . $(VENV)/test-services.env && set +a && $(BIN)/python -m pytest -n 2 -q --durations=10
+
+# The fast layer for iteration: unit and ledger tests, no plays, no CLI or server processes.
+test-fast: $(VENV)/.installed-dev
+	bash scripts/test-services.sh > $(VENV)/test-services.env
+	set -a && . $(VENV)/test-services.env && set +a && $(BIN)/python -m pytest -n 2 -q -m "not ansible and not slow"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

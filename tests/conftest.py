@@ -242,3 +242,30 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     proc.terminate()
     proc.wait(timeout=10)
     log.close()
+
+
+# -- layers -------------------------------------------------------------------------------------
+# `make test-fast` runs the unit and ledger tests: no Ansible plays (the `ansible` marker) and none
+# of the tests that start the CLI, the team server or a browser as processes (marked `slow` here,
+# by the fixtures that start them or by module). `make test` runs everything.
+PROCESS_FIXTURES = {"deepops", "sqlite_deepops", "sshd", "served", "served_pg", "headers_server"}
+PROCESS_MODULES = {
+    "test_client",
+    "test_server_schemathesis",
+    "test_server_workers",
+    "test_webui",
+    "test_catalog_refresh_cli",
+    "test_reaper_cli",
+    "test_like",
+    "test_server_trust",
+    "test_release_during_launch",
+    "test_launch_liveness",
+    "test_file_modes",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+        if module in PROCESS_MODULES or PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

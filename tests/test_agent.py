@@ -32,12 +32,20 @@ def alive(pid: int) -> bool:
 def machine(tmp_path):
     """A lease-like setup: a machine ID, a state dir, and a helper starting processes of the lease."""
     mid = f"m-{uuid.uuid4().hex[:8]}"
+    workspace = tmp_path / mid
+    (workspace / ".deepops").mkdir(parents=True)
+    key = uuid.uuid4().hex
+    marker = {"installation_id": "inst-test", "machine_id": mid, "created_at": "2026-12-03T00:00:00Z", "lease_key": key}
+    (workspace / ".deepops" / "lease.json").write_text(json.dumps(marker))
     state = tmp_path / "agent"
     state.mkdir()
     procs: list[subprocess.Popen] = []
 
-    def start(*argv: str, **kw) -> subprocess.Popen:
-        env = {**os.environ, "DEEPOPS_MACHINE": mid, **kw.pop("env", {})}
+    def start(*argv: str, lease: bool = True, **kw) -> subprocess.Popen:
+        """A process of the lease (started through `deepops ssh`: it carries the lease's key), or
+        with lease=False one that only claims to be (DEEPOPS_MACHINE, which anyone can set)."""
+        mine = {"DEEPOPS_LEASE_KEY": key} if lease else {}
+        env = {**os.environ, "DEEPOPS_MACHINE": mid, **mine, **kw.pop("env", {})}
         proc = subprocess.Popen(list(argv), env=env, **kw)
         procs.append(proc)
         return proc
@@ -46,6 +54,7 @@ def machine(tmp_path):
         return {
             **da.DEFAULTS,
             "machine_id": mid,
+            "workspace": str(workspace),
             "state_dir": str(state),
             "gpu_indexes": [],
             "interval_seconds": 1,
@@ -54,7 +63,7 @@ def machine(tmp_path):
             **values,
         }
 
-    yield SimpleNamespace(mid=mid, state=state, start=start, config=config)
+    yield SimpleNamespace(mid=mid, state=state, start=start, config=config, workspace=workspace)
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
@@ -198,6 +207,8 @@ def test_dead_man_switch_ends_the_lease_when_idle_and_the_control_plane_is_gone(
     stubborn = machine.start(
         sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
     )
+    inside = machine.start(sys.executable, "-c", "import time; time.sleep(60)", lease=False, cwd=machine.workspace)
+    foreign = machine.start(sys.executable, "-c", "import time; time.sleep(60)", lease=False)  # a forged variable
     agent = da.Agent(machine.config(idle_timeout_seconds=0.5, checkin_timeout_seconds=5, kill_grace_seconds=0.5))
     # a recent check-in holds the switch back even when idle
     (machine.state / "checkin.json").write_text(json.dumps({"at": datetime.now(UTC).isoformat()}))
@@ -211,6 +222,8 @@ def test_dead_man_switch_ends_the_lease_when_idle_and_the_control_plane_is_gone(
     status = agent.step()
     assert status["ended"]["by"] == "dead-man switch" and "no control-plane check-in" in status["ended"]["reason"]
     assert lease.wait(timeout=5) == -15 and stubborn.wait(timeout=5) == -9
+    assert inside.wait(timeout=5) == -15  # inside the workspace: the lease's
+    assert foreign.poll() is None  # DEEPOPS_MACHINE alone proves nothing: never signalled
     assert json.loads((machine.state / "status.json").read_text())["ended"] == status["ended"]
     util = from_status((machine.state / "status.json").read_text())
     assert util.ended_by_agent == status["ended"]["reason"] and util.active is False

@@ -34,9 +34,10 @@ reaper:
   setup_timeout: 2s
   metrics_address: 127.0.0.1
 """
-# A process that keeps a core about a third busy (well over the 10 % threshold, kind to a 2-core box).
+# A process that wants two thirds of a core: on a loaded 2-core box (load 10) its fair share still
+# stays well over the 10 % threshold, and it leaves the other tests a core.
 BURN = (
-    "import time\nwhile True:\n    end = time.time() + 0.03\n    while time.time() < end: pass\n    time.sleep(0.06)\n"
+    "import time\nwhile True:\n    end = time.time() + 0.06\n    while time.time() < end: pass\n    time.sleep(0.03)\n"
 )
 
 
@@ -121,7 +122,12 @@ def test_busy_survives_idle_is_warned_then_reaped_and_ttl_holds_while_busy(sqlit
     try:
         wait_for(lambda: machine(deepops, idle["id"]).ended_at, 90, what="the idle lease to be reaped")
         wait_for(lambda: machine(deepops, expiring["id"]).ended_at, 90, what="the expired lease to be reaped")
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        def settled() -> str | None:  # the gauges are read at a cycle's start: wait for one after the ends
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+            return text if 'deepops_machines{state="ready"} 1' in text else None
+
+        metrics = wait_for(settled, 90, what="the metrics to show the one lease left")
     finally:
         reaper.send_signal(signal.SIGTERM)
         out, err = reaper.communicate(timeout=60)

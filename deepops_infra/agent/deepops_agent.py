@@ -6,8 +6,8 @@ the host has; it imports nothing from deepops_infra. Every few seconds it sample
 
 - gpu:      per-GPU utilization and memory through NVML (ctypes), else nvidia-smi; "absent" on a
             GPU-less host; unreadable when GPUs are expected but cannot be read
-- cpu:      CPU used by the machine's processes (on-prem: the lease's processes, i.e. those whose
-            environment carries DEEPOPS_MACHINE=<id>; cloud: the whole machine), percent of a core
+- cpu:      CPU used by the machine's processes (on-prem: the lease's processes, i.e. those inside
+            its marked workspace or carrying its DEEPOPS_LEASE_KEY; cloud: the whole machine), percent of a core
 - sessions: interactive terminals (the /dev/pts devices those processes hold, and utmp on
             clouds); a terminal is active when it saw input or output (its atime/mtime)
 - jupyter:  kernels and terminals of Jupyter servers run there (their /api/kernels last_activity)
@@ -136,23 +136,55 @@ def ancestors(pid: int) -> set[int]:
     return found
 
 
-def machine_pids(machine_id: str | None, mode: str) -> list[int]:
-    """The processes that make up the machine: on-prem those carrying DEEPOPS_MACHINE=<id>."""
-    marker = f"DEEPOPS_MACHINE={machine_id}".encode()
+def lease_of(config: dict[str, Any]) -> tuple[str | None, str | None]:
+    """On-prem: the lease's workspace (real path) and its own key, read from the marker the lease
+    wrote (`.deepops/lease.json`, naming this machine); (None, None) when there is no such lease."""
+    workspace = config.get("workspace")
+    if not workspace or not os.path.isdir(workspace):
+        return None, None
+    marker = read_json(os.path.join(workspace, ".deepops", "lease.json"))
+    if not isinstance(marker, dict) or marker.get("machine_id") != config.get("machine_id"):
+        return None, None
+    key = marker.get("lease_key")
+    return os.path.realpath(workspace).rstrip("/"), key if isinstance(key, str) and key else None
+
+
+def _paths(pid: int) -> Any:
+    """Where a process is: working directory, root, executable and every open file."""
+    for link in ("cwd", "root", "exe"):
+        with contextlib.suppress(OSError):
+            yield os.readlink(f"/proc/{pid}/{link}")
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                yield os.readlink(f"/proc/{pid}/fd/{fd}")
+
+
+def machine_pids(config: dict[str, Any], mode: str | None = None) -> list[int]:
+    """The processes that make up the machine. Cloud: every process. On-prem: those inside the
+    lease we made (working directory, root, executable or an open file in its marked workspace) or
+    carrying its own DEEPOPS_LEASE_KEY; DEEPOPS_MACHINE alone proves nothing (anyone can set it)."""
     me = os.getpid()
+    if (mode or config["mode"]) == "cloud":
+        return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != me]
+    workspace, key = lease_of(config)
+    if workspace is None:
+        return []
+    marker = f"DEEPOPS_LEASE_KEY={key}".encode() if key else None
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
-        if mode == "cloud":
-            pids.append(int(entry))
-            continue
+        pid = int(entry)
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if marker in f.read().split(b"\0"):
-                    pids.append(int(entry))
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker and marker in f.read().split(b"\0"):
+                    pids.append(pid)
+                    continue
         except OSError:
-            continue
+            pass  # not ours to read: only where it is can tell
+        if any(p == workspace or p.startswith(workspace + "/") for p in _paths(pid)):
+            pids.append(pid)
     return pids
 
 
@@ -403,7 +435,7 @@ class Agent:
 
     def sample(self) -> dict[str, Any]:
         now = utcnow()
-        pids = machine_pids(self.config["machine_id"], self.config["mode"])
+        pids = machine_pids(self.config)
         signals = {
             "gpu": self._guard("gpu", self.sample_gpu),
             "cpu": self._guard("cpu", self.sample_cpu, pids),
@@ -515,7 +547,7 @@ class Agent:
             subprocess.run(list(self.config["shutdown_command"]), check=False)
             return
         skip = ancestors(os.getpid())
-        pids = [p for p in machine_pids(self.config["machine_id"], "onprem") if p not in skip]
+        pids = [p for p in machine_pids(self.config, "onprem") if p not in skip]
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
@@ -654,6 +686,10 @@ def daemonize(config: dict[str, Any], config_path: str) -> int:
     logfile = os.path.join(config["state_dir"], "agent.log")
     # (one `with` per file: parenthesized context managers need Python 3.9; hosts may have 3.8)
     out = open(os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")  # noqa: SIM115
+    env = {**os.environ, "DEEPOPS_MACHINE": config["machine_id"]}
+    key = lease_of(config)[1]
+    if key:  # the agent is one of the lease's processes: released with it
+        env["DEEPOPS_LEASE_KEY"] = key
     with out, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--config", config_path, "run"],
@@ -662,7 +698,7 @@ def daemonize(config: dict[str, Any], config_path: str) -> int:
             stderr=out,
             start_new_session=True,
             close_fds=True,
-            env={**os.environ, "DEEPOPS_MACHINE": config["machine_id"]},
+            env=env,
         )
     with open(pidfile, "w") as f:
         f.write(str(proc.pid))
