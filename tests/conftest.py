@@ -192,6 +192,17 @@ def webhook() -> Iterator[tuple[str, list[dict]]]:
     server.shutdown()
 
 
+def wait_for(predicate, timeout: float, what: str = "condition", every: float = 0.2):  # type: ignore[no-untyped-def]
+    """The predicate's first truthy value, polled until a deadline generous enough for a loaded
+    machine (tests wait for conditions, never assert elapsed time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

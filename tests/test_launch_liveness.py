@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,16 +22,8 @@ from deepops_infra.ledger.liveness import LAUNCHER_EVENT, LaunchLocks
 from deepops_infra.ledger.schema import GpuLease, UsageInterval
 from deepops_infra.reaper.cycle import Reaper
 from deepops_infra.reaper.settings import ReaperSettings
+from tests.conftest import wait_for
 from tests.reaper_fakes import FakeProvider, add_machine, settings_for
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def play_processes(home: Path) -> list[int]:

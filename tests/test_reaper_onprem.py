@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from deepops_infra.ledger import store
 from deepops_infra.ledger.schema import Event, Machine, Notification, UsageInterval
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 
 pytestmark = pytest.mark.ansible
 
@@ -39,16 +39,6 @@ reaper:
 BURN = (
     "import time\nwhile True:\n    end = time.time() + 0.06\n    while time.time() < end: pass\n    time.sleep(0.03)\n"
 )
-
-
-def wait_for(predicate, timeout: float, every: float = 0.5, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def lease_pids(machine_id: str) -> list[int]:

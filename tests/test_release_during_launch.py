@@ -13,7 +13,8 @@ from sqlalchemy import select
 from deepops_infra.ledger import store
 from deepops_infra.ledger.db import Ledger
 from deepops_infra.ledger.schema import GpuLease, UsageInterval
-from tests.test_launch_liveness import end_all, play_processes, slow_pool, slow_python, wait_for
+from tests.conftest import wait_for
+from tests.test_launch_liveness import end_all, play_processes, slow_pool, slow_python
 from tests.test_server_fixtures import make_token
 
 pytestmark = pytest.mark.ansible
