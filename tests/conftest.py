@@ -280,10 +280,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
         if module in PROCESS_MODULES or PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-
-    # Plays first, then other process tests, then the quick ones: the workers share out the long
-    # tests early and fill the end with short ones, instead of one worker running a play alone.
-    def layer(item: pytest.Item) -> int:
-        return 0 if item.get_closest_marker("ansible") else 1 if item.get_closest_marker("slow") else 2
-
-    items.sort(key=layer)

@@ -1,5 +1,6 @@
 """Run a stacks/<cloud> program under Pulumi's mocks and record what it declares (GCP and Azure tests)."""
 
+import asyncio
 import json
 import runpy
 from pathlib import Path
@@ -26,9 +27,17 @@ class Recorder(pulumi.runtime.Mocks):
         return [r for r in self.resources if r.typ == typ]
 
 
+def fresh_event_loop() -> None:
+    """Pulumi's mocks run on asyncio's current loop; a test that ran asyncio.run() earlier in this
+    process (a server test, anything with anyio) leaves none, and get_event_loop() then raises:
+    each program gets a loop of its own, whatever ran before it."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(
     cloud: str, config: dict[str, Any], provider_config: dict[str, str], outputs: dict[str, dict[str, Any]]
 ) -> tuple[Recorder, dict[str, Any]]:
+    fresh_event_loop()
     mocks = Recorder(outputs)
     project = f"deepops-{cloud}"
     pulumi.runtime.set_mocks(mocks, project=project, stack=config["machineId"], preview=False)

@@ -9,6 +9,8 @@ import pytest
 
 pulumi = pytest.importorskip("pulumi")
 
+from tests.pulumi_programs import fresh_event_loop  # noqa: E402  (after the skip)
+
 PROGRAM = Path(__file__).resolve().parents[1] / "stacks" / "aws" / "__main__.py"
 TAGS = {
     "deepops-managed": "true",
@@ -41,6 +43,7 @@ class Recorder(pulumi.runtime.Mocks):
 
 
 def run_program(config: dict[str, Any]) -> tuple[Recorder, dict[str, Any]]:
+    fresh_event_loop()
     mocks = Recorder()
     pulumi.runtime.set_mocks(mocks, project="deepops-aws", stack="m-0a1b2c3d", preview=False)
     pulumi.runtime.set_all_config(

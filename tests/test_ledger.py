@@ -174,3 +174,17 @@ def test_concurrent_first_opens_migrate_once(tmp_path):
     errors = [p.stderr.read() for p in procs if p.wait(timeout=120) != 0]
     assert errors == []
     assert current_revision(Ledger(url).engine) == HEAD_REVISION
+
+
+def test_launch_locks_of_an_in_memory_ledger_stay_out_of_the_working_folder(tmp_path, monkeypatch) -> None:
+    from deepops_infra.ledger.db import Ledger
+    from deepops_infra.ledger.liveness import LaunchLocks
+
+    monkeypatch.chdir(tmp_path)
+    locks = LaunchLocks.of(Ledger("sqlite://"))
+    locks.hold("m-0000beef")
+    try:
+        assert locks.alive("m-0000beef")
+    finally:
+        locks.release("m-0000beef")
+    assert list(tmp_path.iterdir()) == []  # a checkout run from stays clean

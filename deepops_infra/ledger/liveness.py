@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,8 +47,10 @@ class LaunchLocks:
         self.lock_dir: Path | None = None
         if self.kind == "flock":
             database = ledger.engine.url.database or ""
-            base = Path(database).parent if database and database != ":memory:" else Path.cwd()
-            self.lock_dir = base / "launch-locks"
+            if database and database != ":memory:":
+                self.lock_dir = Path(database).parent / "launch-locks"
+            else:  # an in-memory ledger is this process' alone: its locks go to a private temp folder
+                self.lock_dir = Path(tempfile.gettempdir()) / f"deepops-launch-locks-{os.getuid()}"
         self._mutex = threading.Lock()
         self._held: dict[str, int] = {}  # machine ID -> how many holds this process has on it
         self._files: dict[str, int] = {}  # machine ID -> its locked file (flock)
