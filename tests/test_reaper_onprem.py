@@ -118,6 +118,13 @@ def test_busy_survives_idle_is_warned_then_reaped_and_ttl_holds_while_busy(sqlit
             return text if 'deepops_machines{state="ready"} 1' in text else None
 
         metrics = wait_for(settled, 90, what="the metrics to show the one lease left")
+        status_file = deepops.home / "workspaces" / busy["id"] / ".deepops/agent/status.json"
+        # read while the session is still open: its terminal is one of the busy lease's signals
+        status = wait_for(
+            lambda: (s := json.loads(status_file.read_text()))["signals"]["sessions"].get("count", 0) >= 1 and s,
+            60,
+            what="the busy lease's agent to see the open session",
+        )
     finally:
         reaper.send_signal(signal.SIGTERM)
         out, err = reaper.communicate(timeout=60)
@@ -151,7 +158,6 @@ def test_busy_survives_idle_is_warned_then_reaped_and_ttl_holds_while_busy(sqlit
     # busy: still ready, its agent saw the CPU, and the reaper checked in with it
     kept = machine(deepops, busy["id"])
     assert kept.status == "ready" and kept.ended_at is None
-    status = json.loads((deepops.home / "workspaces" / busy["id"] / ".deepops/agent/status.json").read_text())
     cpu_seen = datetime.fromisoformat(status["signals"]["cpu"]["last_active_at"].replace("Z", "+00:00"))
     at = datetime.fromisoformat(status["at"].replace("Z", "+00:00"))
     assert (at - cpu_seen).total_seconds() < 20 and status["signals"]["sessions"]["count"] >= 1
