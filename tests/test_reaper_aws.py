@@ -245,9 +245,12 @@ def test_the_reaper_reads_every_machines_agent_in_one_batch(aws, ledger_url):
     assert len(gets) == 2  # the agents' batch (13 machines, 52 queries), then the CWAgent fallback's
     assert len(gets[0]["MetricDataQueries"]) == 4 * 13 and len(gets[1]["MetricDataQueries"]) == 2
 
-    reaper.run()
-    second = reaper.run()
-    assert [(a.machine_id, a.kind) for a in second.actions if a.outcome == "done"] == [(idle, "teardown")]
+    done: list[tuple[str | None, str]] = []
+    for _ in range(4):  # warned, then (grace 0) ended on a later cycle; a loaded box may take one more
+        done += [(a.machine_id, a.kind) for a in reaper.run().actions if a.outcome == "done"]
+        if backend.destroyed:
+            break
+    assert done == [(idle, "warn"), (idle, "teardown")]  # nothing else touched, each once
     assert backend.destroyed == [idle]
     with ledger.read() as session:
         samples = session.scalars(select(UtilizationSample).where(UtilizationSample.machine_id.in_(busy))).all()
