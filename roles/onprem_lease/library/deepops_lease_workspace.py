@@ -15,11 +15,11 @@ import json
 import os
 import secrets
 import shutil
-import stat
 import tempfile
 from datetime import datetime, timezone
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.deepops_lease_marker import MARKER, own_marker
 
 DOCUMENTATION = r"""
 module: deepops_lease_workspace
@@ -29,29 +29,6 @@ options:
   machine_id: {description: The lease's machine ID., type: str, required: true}
   installation_id: {description: The deepops installation that owns the lease., type: str, required: true}
 """
-
-MARKER = os.path.join(".deepops", "lease.json")
-
-
-def own_marker(workspace):
-    """The marker when the workspace, its .deepops and the marker are this user's and no links."""
-    for path, kind in ((workspace, stat.S_ISDIR), (os.path.join(workspace, ".deepops"), stat.S_ISDIR)):
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-        if not kind(st.st_mode) or st.st_uid != os.getuid():
-            return None
-    path = os.path.join(workspace, MARKER)
-    try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
-            return None
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def create(workspace, marker):

@@ -12,13 +12,12 @@ have been started from inside the lease). SIGTERM first, SIGKILL after the grace
 """
 
 import contextlib
-import json
 import os
 import signal
-import stat
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.deepops_lease_marker import own_marker
 
 DOCUMENTATION = r"""
 module: deepops_lease_processes
@@ -29,29 +28,6 @@ options:
   workspace: {description: The lease's workspace directory., type: path}
   grace: {description: Seconds between SIGTERM and SIGKILL., type: float, default: 5}
 """
-
-MARKER = os.path.join(".deepops", "lease.json")
-
-
-def own_marker(workspace):
-    """The marker when the workspace, its .deepops and the marker are this user's and no links."""
-    for path, kind in ((workspace, stat.S_ISDIR), (os.path.join(workspace, ".deepops"), stat.S_ISDIR)):
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-        if not kind(st.st_mode) or st.st_uid != os.getuid():
-            return None
-    path = os.path.join(workspace, MARKER)
-    try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
-            return None
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def ancestors():
