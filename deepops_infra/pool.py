@@ -116,6 +116,38 @@ def _host(raw: Any, path: Path, line: int) -> PoolHost:
     for key in ("user", "key", "python"):
         if key in raw and (not isinstance(raw[key], str) or not raw[key].strip()):
             raise FileError(path, at(key), f"host {name!r}: {key} must be a string")
+    parsed_rates = _rates(raw, name, path)
+    gpu_indexes = raw.get("gpu_indexes")
+    if gpu_indexes is not None:
+        if not isinstance(gpu_indexes, list) or not all(isinstance(i, int) and i >= 0 for i in gpu_indexes):
+            raise FileError(path, at("gpu_indexes"), "gpu_indexes must be a list of GPU index numbers, e.g. [0, 1]")
+        gpu_indexes = tuple(sorted(set(gpu_indexes)))
+    declared = _declared_gpus(raw, gpu_indexes, path)
+    workspace_root = raw.get("workspace_root")
+    if workspace_root is not None and (
+        not isinstance(workspace_root, str) or not (workspace_root.startswith("/") or workspace_root.startswith("~"))
+    ):
+        raise FileError(path, at("workspace_root"), "workspace_root must be an absolute path (or start with ~)")
+    return PoolHost(
+        name=name,
+        connection=connection,
+        address=address,
+        user=raw.get("user"),
+        port=port,
+        key=raw.get("key"),
+        labels={str(k): str(v) for k, v in labels.items()},
+        gpu_hour=parsed_rates["gpu_hour"],
+        host_hour=parsed_rates["host_hour"],
+        gpu_indexes=gpu_indexes,
+        declared_gpus=declared,
+        workspace_root=workspace_root,
+        python=str(raw.get("python", "python3")),
+    )
+
+
+def _rates(raw: Any, name: str, path: Path) -> dict[str, float]:
+    """The host's `rates:` (localhost has defaults): finite positive USD per hour each."""
+    at = raw.line_of
     rates = raw.get("rates")
     if rates is None and name == "localhost":
         rates = DEFAULT_LOCAL_RATES
@@ -136,11 +168,12 @@ def _host(raw: Any, path: Path, line: int) -> PoolHost:
                 f"rates.{key} must be a finite positive number of USD per hour (on-prem time is never priced at zero)",
             )
         parsed_rates[key] = float(value)
-    gpu_indexes = raw.get("gpu_indexes")
-    if gpu_indexes is not None:
-        if not isinstance(gpu_indexes, list) or not all(isinstance(i, int) and i >= 0 for i in gpu_indexes):
-            raise FileError(path, at("gpu_indexes"), "gpu_indexes must be a list of GPU index numbers, e.g. [0, 1]")
-        gpu_indexes = tuple(sorted(set(gpu_indexes)))
+    return parsed_rates
+
+
+def _declared_gpus(raw: Any, gpu_indexes: tuple[int, ...] | None, path: Path) -> tuple[DeclaredGpu, ...] | None:
+    """The host's declared `gpus:` (None: detect them), limited to `gpu_indexes` when given."""
+    at = raw.line_of
     declared = None
     if "gpus" in raw:
         gpus = raw["gpus"]
@@ -167,26 +200,7 @@ def _host(raw: Any, path: Path, line: int) -> PoolHost:
         if gpu_indexes is not None:
             declared = [g for g in declared if g.index in gpu_indexes]
         declared = tuple(declared)
-    workspace_root = raw.get("workspace_root")
-    if workspace_root is not None and (
-        not isinstance(workspace_root, str) or not (workspace_root.startswith("/") or workspace_root.startswith("~"))
-    ):
-        raise FileError(path, at("workspace_root"), "workspace_root must be an absolute path (or start with ~)")
-    return PoolHost(
-        name=name,
-        connection=connection,
-        address=address,
-        user=raw.get("user"),
-        port=port,
-        key=raw.get("key"),
-        labels={str(k): str(v) for k, v in labels.items()},
-        gpu_hour=parsed_rates["gpu_hour"],
-        host_hour=parsed_rates["host_hour"],
-        gpu_indexes=gpu_indexes,
-        declared_gpus=declared,
-        workspace_root=workspace_root,
-        python=str(raw.get("python", "python3")),
-    )
+    return declared
 
 
 @dataclass
