@@ -365,3 +365,29 @@ def test_the_agents_expiry_is_the_ledgers_after_ready_and_after_extend(sqlite_de
         wait(later)
     finally:
         deepops.run("down", lease["id"], "--yes")
+
+
+def test_a_running_job_keeps_the_machine_active_and_an_ended_one_does_not(machine):
+    """`deepops exec` jobs: a sleeping job (no CPU, no terminal) is activity while it runs."""
+    from deepops_infra.jobs import new_job_id, start_command
+
+    agent = da.Agent(machine.config(idle_timeout_seconds=1))
+    assert agent.step()["signals"]["jobs"]["state"] == "absent"
+    job = new_job_id()
+    env = {**os.environ, "DEEPOPS_WORKSPACE": str(machine.workspace), "DEEPOPS_MACHINE": machine.mid}
+    env["DEEPOPS_LEASE_KEY"] = json.loads((machine.workspace / ".deepops" / "lease.json").read_text())["lease_key"]
+    gate = machine.workspace / "go"
+    subprocess.run(start_command(job, f"while [ ! -f {gate} ]; do sleep 0.1; done"), env=env, check=True)
+    time.sleep(1.5)
+    busy = agent.step()
+    assert busy["signals"]["jobs"] == {
+        "state": "active",
+        "running": [job],
+        "last_active_at": busy["signals"]["jobs"]["last_active_at"],
+    }
+    assert busy["idle"] is False
+    gate.touch()
+    deadline = time.monotonic() + 60
+    while not (machine.workspace / ".deepops" / "jobs" / job / "exit").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert agent.step()["signals"]["jobs"]["state"] == "idle"

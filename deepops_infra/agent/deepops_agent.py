@@ -11,6 +11,8 @@ the host has; it imports nothing from deepops_infra. Every few seconds it sample
 - sessions: interactive terminals (the /dev/pts devices those processes hold, and utmp on
             clouds); a terminal is active when it saw input or output (its atime/mtime)
 - jupyter:  kernels and terminals of Jupyter servers run there (their /api/kernels last_activity)
+- jobs:     detached jobs started by `deepops exec` (<workspace>/.deepops/jobs): active while one
+            runs (its process, one of the machine's, is alive and it has no exit status yet)
 - user:     `deepops-agent touch` (or touching <state_dir>/activity)
 
 A machine is idle only when every signal has been idle for the whole idle timeout; a signal
@@ -416,6 +418,25 @@ class Agent:
                         last = seen
         return {"state": ACTIVE if busy else IDLE, "kernels": kernels, "servers": len(servers), "last_active_at": last}
 
+    def sample_jobs(self, pids: list[int]) -> dict[str, Any]:
+        workspace = self.config.get("workspace")
+        jobs_dir = os.path.join(workspace, ".deepops", "jobs") if workspace else None
+        if not jobs_dir or not os.path.isdir(jobs_dir):
+            return {"state": ABSENT}
+        ours, running = set(pids), []
+        for job in sorted(os.listdir(jobs_dir)):
+            folder = os.path.join(jobs_dir, job)
+            if os.path.exists(os.path.join(folder, "exit")):
+                continue
+            try:
+                with open(os.path.join(folder, "pid")) as f:
+                    pid = int(f.read().strip())
+            except (OSError, ValueError):
+                continue
+            if pid in ours and alive(pid):
+                running.append(job)
+        return {"state": ACTIVE if running else IDLE, "running": running}
+
     def sample_user(self) -> dict[str, Any]:
         try:
             seen = datetime.fromtimestamp(os.stat(self.path("activity")).st_mtime, timezone.utc)
@@ -441,6 +462,7 @@ class Agent:
             "cpu": self._guard("cpu", self.sample_cpu, pids),
             "sessions": self._guard("sessions", self.sample_sessions, pids),
             "jupyter": self._guard("jupyter", self.sample_jupyter, pids),
+            "jobs": self._guard("jobs", self.sample_jobs, pids),
             "user": self._guard("user", self.sample_user),
         }
         last_active = self.started_at  # nothing is idle for longer than the agent has watched it
