@@ -84,6 +84,8 @@ def ansible_env(settings: Settings) -> dict[str, str]:
         "ANSIBLE_HOME": str(base),
         "ANSIBLE_LOCAL_TEMP": str(base / "tmp"),
         "ANSIBLE_ROLES_PATH": str(roles_dir()),
+        # The host-side code the roles' modules share (also run directly: providers/onprem/hostcall.py).
+        "ANSIBLE_MODULE_UTILS": str(roles_dir() / "playbooks" / "module_utils"),
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(_control_dir(settings)),
         "ANSIBLE_SSH_ARGS": (
             f"-o ControlMaster=auto -o ControlPersist=60s -o BatchMode=yes "

@@ -23,7 +23,7 @@ CLOUDS = ("onprem", "aws", "gcp", "azure")
 # Top-level sections parsed by the modules that own them (Config.section): each cloud's settings
 # (regions, endpoint overrides, credentials profile), the Pulumi engine, the reaper and agent,
 # notifications, budgets, and the team server.
-SECTIONS = ("aws", "gcp", "azure", "engine", "reaper", "agent", "notify", "budgets", "server", "workdir")
+SECTIONS = ("aws", "gcp", "azure", "engine", "reaper", "agent", "notify", "budgets", "server", "workdir", "env_cache")
 TARGETS = (*CLOUDS, "auto")
 
 

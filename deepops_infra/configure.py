@@ -1,4 +1,6 @@
-"""Configuring a machine with its image's pinned environment (the `configure` playbook), for any target.
+"""Configuring a machine with its image's pinned environment (the `configure` playbook), for cloud targets.
+
+On-prem leases run the same host-side code directly (providers/onprem/hostcall.py), without a play.
 
 Each provider says where the host is and where the workspace lives; the role, its variables and
 the manifest it reports are the same everywhere.
@@ -41,13 +43,15 @@ def configure_host(
     """Run the configure play on one host; returns the manifest of what is installed there.
     `extra_vars`: the provider's own (the agent role's)."""
     from deepops_infra.ansible import run_playbook
+    from deepops_infra.providers.onprem.envcache import EnvCacheSettings
 
     stamp = datetime.now(UTC).strftime("%H%M%S%f")
+    cache = EnvCacheSettings.load(settings).role_vars(settings, host)  # the machine's own environment cache
     result = run_playbook(
         settings,
         "configure",
         [host],
-        pinned_env_vars(image, workspace, host.python, pip_cache) | (extra_vars or {}),
+        pinned_env_vars(image, workspace, host.python, pip_cache) | cache | (extra_vars or {}),
         ident=f"{machine_id}-configure-{stamp}",
         progress=progress,
     )

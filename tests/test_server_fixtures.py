@@ -112,6 +112,7 @@ def start_server(tmp_path: Path, ledger_url: str, config: str = "", reaper: bool
         (home / "config.yaml").write_text(config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
     env.update(DEEPOPS_HOME=str(home), DEEPOPS_LEDGER_URL=ledger_url, USER=env.get("USER", "tester"))
+    env["DEEPOPS_ENV_CACHE"] = os.environ["DEEPOPS_ENV_CACHE"]  # the run's shared cache (conftest.py)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     port = free_port()
     served = Served(url=f"http://127.0.0.1:{port}", home=home, ledger_url=ledger_url, env=env)

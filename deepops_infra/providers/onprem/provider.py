@@ -1,7 +1,10 @@
-"""The on-prem provider: leases of exclusive GPUs on pool hosts, set up by Ansible.
+"""The on-prem provider: leases of exclusive GPUs on pool hosts.
 
-A lease is a workspace on a host, the image's pinned environment installed into it, and
-CUDA_VISIBLE_DEVICES set to the leased GPUs. Exclusivity is the ledger's job: `gpu_leases` has a
+A lease is a workspace on a host, the image's pinned environment layered into it from the host's
+cache (built once per host and lock), and CUDA_VISIBLE_DEVICES set to the leased GPUs. The steps
+are the roles' host-side code (roles/playbooks/module_utils/deepops_onprem_host.py), run directly
+over a local process or one SSH round trip (hostcall.py): an Ansible play start costs seconds.
+Exclusivity is the ledger's job: `gpu_leases` has a
 unique index over (host, gpu_index) for active leases, so two `up` can never hold the same GPU.
 """
 
@@ -15,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
-from deepops_infra.ansible import PlayResult, run_playbook
 from deepops_infra.config import Settings
 from deepops_infra.errors import CapacityError, OperationError, UserError
 from deepops_infra.intake import disk_shortfall
@@ -25,7 +27,9 @@ from deepops_infra.ledger.schema import GpuLease, Machine
 from deepops_infra.pool import Pool, PoolHost, load_pool
 from deepops_infra.pricing import onprem_price
 from deepops_infra.progress import Progress
-from deepops_infra.providers.base import Plan, Provider, ProvisionError, Resource, Utilization
+from deepops_infra.providers.base import Plan, Provider, ProvisionError, Resource, SessionCommand, Utilization
+from deepops_infra.providers.onprem import hostcall
+from deepops_infra.providers.onprem.envcache import EnvCacheSettings
 from deepops_infra.providers.onprem.inventory import HostCapacity, capacity, detect
 from deepops_infra.validation import check_gpus, check_manifest, gpu_validation, has_torch
 
@@ -83,9 +87,18 @@ class OnpremProvider(Provider):
         return image.onprem.pin if image.onprem else None
 
     def plan(self, request: "MachineRequest", image: "Image") -> list[Plan]:
+        """The pool's hosts, and its clusters where it has any (planned by their own provider)."""
+        if not self.pool.clusters:
+            return self._host_plans(request, image)
+        from deepops_infra.providers.slurm.placement import combined
+
+        return combined(self, self._host_plans, request, image)
+
+    def _host_plans(self, request: "MachineRequest", image: "Image") -> list[Plan]:
         from deepops_infra.agent.settings import AgentSettings
 
         AgentSettings.load(self.settings)  # a bad `agent:` section fails here, before anything is written
+        EnvCacheSettings.load(self.settings)  # and so does a bad `env_cache:`
         pin = self.image_pin(image, None)
         if pin is None:
             raise UserError(f"--image {image.name}: the image has no on-prem pin; choose another image")
@@ -130,6 +143,8 @@ class OnpremProvider(Provider):
         now = machine.created_at
         busy_hosts = []
         for plan in plans:
+            if plan.cloud != self.cloud:  # a cluster's plan: its scheduler holds the GPUs
+                return plan
             wanted = plan.accelerator_count
             if wanted:
                 held = set(
@@ -169,40 +184,44 @@ class OnpremProvider(Provider):
     def _host(self, machine: Machine) -> PoolHost:
         return self.pool.get(machine.host or "")
 
-    def _play(self, name: str, machine: Machine, extravars: dict[str, Any], progress: Progress) -> PlayResult:
-        stamp = datetime.now(UTC).strftime("%H%M%S%f")
-        return run_playbook(
-            self.settings,
-            name,
-            [self._host(machine)],
-            extravars,
-            ident=f"{machine.id}-{name}-{stamp}",
-            progress=progress,
-        )
+    def _host_call(self, host: PoolHost, op: str, args: dict[str, Any], what: str) -> Any:
+        """A lease step on the host, run directly (no play; the roles' modules run the same code).
+        Its failure says `what` failed, keeping the error's kind (unreachable, cancelled)."""
+        from deepops_infra.ansible import PlayCancelled
+
+        try:
+            return hostcall.call(self.settings, host, self._ssh(host), op, args)
+        except PlayCancelled:
+            raise
+        except OperationError as exc:
+            raise type(exc)(f"{what}: {exc}") from None
 
     def _installation(self) -> str:
         with self.ledger.write() as session:
             return store.installation_id(session)
 
     def create(self, machine: Machine, progress: Progress) -> dict[str, Any]:
+        from deepops_infra.ansible import PlayCancelled
+
         host = self._host(machine)
         indexes = machine.plan.get("gpu_indexes", [])
-        result = self._play(
-            "onprem-lease",
-            machine,
-            {
-                "onprem_lease_machine_id": machine.id,
-                "onprem_lease_installation_id": self._installation(),
-                "onprem_lease_workspace_root": self.workspace_root(host),
-                "onprem_lease_gpu_indexes": indexes,
-                "onprem_lease_gpus_declared": host.declared_gpus is not None,
-                "onprem_lease_disk_gb": machine.request.get("disk_gb") or 0,
-            },
-            progress,
-        )
-        if not result.ok:
-            raise ProvisionError(result.error(f"lease on {host.name} failed"), created=not result.unreachable)
-        lease = result.stats.get("deepops_lease") or {}
+        progress.detail(f"lease workspace on {host.name}")
+        args = {
+            "machine_id": machine.id,
+            "installation_id": self._installation(),
+            "workspace_root": self.workspace_root(host),
+            "gpu_indexes": indexes,
+            "gpus_declared": host.declared_gpus is not None,
+            "disk_gb": machine.request.get("disk_gb") or 0,
+        }
+        try:
+            lease = self._host_call(host, "lease", args, f"lease on {host.name} failed")
+        except hostcall.HostUnreachable as exc:
+            raise ProvisionError(str(exc), created=False) from None
+        except PlayCancelled:
+            raise
+        except OperationError as exc:
+            raise ProvisionError(str(exc), created=True) from None
         return {
             "created": True,
             "host": host.name,
@@ -216,25 +235,34 @@ class OnpremProvider(Provider):
         }
 
     def configure(self, machine: Machine, image: "Image", progress: Progress) -> dict[str, Any]:
+        """The image's environment from the host's cache (built there once per lock), and the agent."""
+        from deepops_infra.images import verify_onprem_lock
+
         assert image.onprem is not None
         host = self._host(machine)
         workspace = machine.provider_refs["workspace"]
-        result = self._play(
-            "configure",
-            machine,
-            {
-                "pinned_env_workspace": workspace,
-                "pinned_env_lock_src": str(image.onprem.lock_path),
-                "pinned_env_lock_sha256": image.onprem.sha256,
-                "pinned_env_python": host.python,
-                "pinned_env_pip_cache": str(Path(workspace).parent / ".pip-cache"),
-                **self._agent_vars(machine, host, workspace),
-            },
-            progress,
-        )
-        if not result.ok:
-            raise OperationError(result.error(f"configuring {image.name} on {host.name} failed"))
-        manifest = dict(result.stats.get("deepops_manifest") or {})
+        if problem := verify_onprem_lock(image):
+            raise OperationError(f"configuring {image.name}: {problem}")
+        cache = EnvCacheSettings.load(self.settings)
+        agent = self._agent_vars(machine, host, workspace)
+        progress.detail(f"pinned environment sha256:{image.onprem.sha256[:12]} (built once per host)")
+        args = {
+            "workspace": workspace,
+            "lock_text": image.onprem.lock_path.read_bytes().decode(),
+            "lock_sha256": image.onprem.sha256,
+            "python": host.python,
+            "cache": cache.host_args(self.settings, host, str(Path(workspace).parent / ".pip-cache")),
+            "agent": {
+                "config": agent["agent_config"],
+                "python": agent["agent_python"],
+                "source": Path(agent["agent_source"]).read_text(),
+            }
+            if agent
+            else None,
+        }
+        done = self._host_call(host, "configure", args, f"configuring {image.name} on {host.name} failed")
+        manifest = dict(done["manifest"])
+        manifest["environment"] = {k: done["env"].get(k) for k in ("key", "built", "repaired", "build_seconds")}
         manifest["driver_version"] = machine.provider_refs.get("driver_version")
         manifest["image_pin"] = image.onprem.pin
         return manifest
@@ -279,21 +307,13 @@ class OnpremProvider(Provider):
         workspace = refs.get("workspace") or f"{self.workspace_root(host).rstrip('/')}/{machine.id}"
         if workspace.startswith("~"):
             workspace = ""  # never resolved on the host: nothing was created there
-        result = self._play(
-            "release",
-            machine,
-            {
-                "onprem_release_machine_id": machine.id,
-                "onprem_release_installation_id": self._installation(),
-                "onprem_release_workspace": workspace,
-            },
-            progress,
-        )
-        if result.ok:
-            return
-        if result.unreachable and not refs.get("created"):
-            return  # the lease play never reached the host: nothing exists there
-        raise OperationError(result.error(f"releasing {machine.id} on {host.name} failed"))
+        args = {"machine_id": machine.id, "installation_id": self._installation(), "workspace": workspace}
+        try:
+            self._host_call(host, "release", args, f"releasing {machine.id} on {host.name} failed")
+        except hostcall.HostUnreachable:
+            if refs.get("created"):
+                raise
+            # the lease step never reached the host: nothing exists there
 
     # -- read path ---------------------------------------------------------------------------
 
@@ -332,7 +352,8 @@ class OnpremProvider(Provider):
         """Run a short command on the host (locally or over SSH); its stdout, or OperationError."""
         if host.connection != "local":
             target = f"{host.user}@{host.address}" if host.user else host.address
-            argv = [*self._ssh(host), "-o", "ConnectTimeout=10", target, shlex.join(argv)]
+            ssh = [*self._ssh(host), *hostcall.reuse(self.settings), "-o", "ConnectTimeout=10"]
+            argv = [*ssh, target, shlex.join(argv)]
         try:
             proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -411,28 +432,20 @@ class OnpremProvider(Provider):
     def terminate_resource(self, resource: Resource) -> str | None:
         """Release a lease workspace that has no live machine: end its processes, then move the
         workspace to `<root>/.deepops-quarantine/<machine>-<UTC time>` on its host (pruned by
-        prune_quarantine), never delete it. The release role checks the marker again first."""
+        prune_quarantine), never delete it. The release step checks the marker again first."""
         from deepops_infra.providers.onprem.workspaces import QUARANTINE, STAMP
 
         host = self.pool.get(resource.location or "")
         name = resource.machine_id or Path(resource.resource_id).name
         now = datetime.now(UTC)
         quarantine = f"{os.path.dirname(resource.resource_id.rstrip('/'))}/{QUARANTINE}/{name}-{now:{STAMP}}"
-        result = run_playbook(
-            self.settings,
-            "release",
-            [host],
-            {
-                "onprem_release_machine_id": name,
-                "onprem_release_installation_id": self._installation(),
-                "onprem_release_workspace": resource.resource_id,
-                "onprem_release_quarantine": quarantine,
-            },
-            ident=f"{name}-orphan-{now:%H%M%S%f}",
-        )
-        if not result.ok:
-            raise OperationError(result.error(f"releasing orphan {name} on {host.name} failed"))
-        released = result.stats.get("deepops_release") or {}
+        args = {
+            "machine_id": name,
+            "installation_id": self._installation(),
+            "workspace": resource.resource_id,
+            "quarantine": quarantine,
+        }
+        released = self._host_call(host, "release", args, f"releasing orphan {name} on {host.name} failed") or {}
         if not released.get("present", True):
             return "already gone"
         if not released.get("quarantined"):
@@ -523,6 +536,11 @@ class OnpremProvider(Provider):
             ssh.append("-t")
         target = f"{host.user}@{host.address}" if host.user else host.address
         return [*ssh, target, shlex.join(inner)]
+
+    def session_command(self, machine: Machine, public_key: str) -> SessionCommand:
+        from deepops_infra.providers.onprem import session
+
+        return session.session_command(self.settings.home, self._host(machine), machine, public_key)
 
     def doctor(self) -> list[tuple[str, bool, str]]:
         import shutil
