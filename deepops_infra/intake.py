@@ -50,6 +50,7 @@ class Options:
     team: str | None = None
     project: str | None = None
     name: str | None = None
+    image_pin: str | None = None  # a task file's (`show --spec`): refuse when the image now pins another
 
 
 def like_options(opts: Options, earlier: "Machine") -> Options:
@@ -69,6 +70,7 @@ def like_options(opts: Options, earlier: "Machine") -> Options:
         team=opts.team or earlier.team,
         project=opts.project or earlier.project,
         name=opts.name,
+        image_pin=opts.image_pin,
     )
 
 
@@ -105,6 +107,8 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
                 f"--like {like.id}: image {image.name} now pins {pinned} in {like.cloud} {like.region or ''}, "
                 f"{like.id} ran {like.image_pin}; restore that pin in images/ to reproduce it"
             )
+    if opts.image_pin is not None:
+        check_spec_pin(settings, image, opts.image_pin, cloud, opts.region)
     if opts.spot and cloud == "onprem":
         raise UserError("--spot: on-prem leases are never preempted; drop --spot or use a cloud target")
     if opts.host is not None and cloud not in ("onprem", "auto"):
@@ -115,10 +119,11 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
         from deepops_infra.pool import load_pool
 
         pool = load_pool(settings.pool_path)  # a malformed pool file fails here, before any write
-        if opts.host is not None:
+        if opts.host is not None and pool.cluster(opts.host) is None:  # --host: a pool host or cluster
             pool.get(opts.host)
     disk_gb = check_disk(opts.disk)
-    if pool is not None and cloud == "onprem" and disk_gb is not None:
+    on_cluster = pool is not None and opts.host is not None and pool.cluster(opts.host) is not None
+    if pool is not None and cloud == "onprem" and disk_gb is not None and not on_cluster:
         check_disk_space(settings, pool, disk_gb, opts.host, opts.region)
     request = MachineRequest(
         gpus=gpus,
@@ -140,6 +145,24 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
     if like is not None and cloud == like.cloud and opts.region is None and like.region and cloud != "onprem":
         request = replace(request, region=like.region)  # the same pin means the same region
     return request, image
+
+
+def check_spec_pin(settings: Settings, image: Image, pin: str, cloud: str, region: str | None) -> None:
+    """A task file's `image_pin` (from `deepops show --spec`) must be what the image pins today on
+    that target, as `--like` checks: the same configuration, or a clear refusal."""
+    if cloud == "auto":
+        raise UserError("image_pin: give the cloud the pin is for (resources.cloud), not auto")
+    pinned = _pin_now(settings, image, cloud, region)
+    where = f"{cloud} {region}" if region else cloud
+    if pinned is None:
+        raise UserError(
+            f"image_pin: image {image.name} has no pin in {where!r}; give the region the task file was made in"
+        )
+    if pinned != pin:
+        raise UserError(
+            f"image_pin: image {image.name} now pins {pinned} in {where}; "
+            f"the task file asks for {pin}; restore that pin in images/ to reproduce it, or drop image_pin"
+        )
 
 
 def _pin_now(settings: Settings, image: Image, cloud: str, region: str | None) -> str | None:

@@ -10,13 +10,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from deepops_infra.accelerators import canonical_model
 from deepops_infra.errors import NotFoundError, UserError
 from deepops_infra.yamlfile import FileError, Mapping, Sequence, load_yaml
+
+if TYPE_CHECKING:
+    from deepops_infra.pool_clusters import PoolCluster
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
 DEFAULT_LOCAL_RATES = {"gpu_hour": 1.0, "host_hour": 0.05}
@@ -208,6 +211,10 @@ class Pool:
     path: Path
     hosts: list[PoolHost]
     include_localhost: bool = True
+    clusters: "list[PoolCluster]" = field(default_factory=list)  # scheduler clusters (pool_clusters.py)
+
+    def cluster(self, name: str) -> "PoolCluster | None":
+        return next((c for c in self.clusters if c.name == name), None)
 
     def get(self, name: str) -> PoolHost:
         for host in self.hosts:
@@ -223,6 +230,8 @@ class Pool:
             body["include_localhost"] = False
         explicit = [h for h in self.hosts if not (h == LOCALHOST and self.include_localhost)]
         body["hosts"] = [h.to_dict() for h in explicit]
+        if self.clusters:
+            body["clusters"] = [c.to_dict() for c in self.clusters]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(
@@ -241,8 +250,9 @@ def load_pool(path: Path) -> Pool:
     if not isinstance(raw, Mapping):
         raise FileError(path, 1, "the pool file must be a mapping with a `hosts:` list")
     for key in raw:
-        if key not in ("hosts", "include_localhost"):
-            raise FileError(path, raw.line_of(key), f"unknown pool setting {key!r}; known: hosts, include_localhost")
+        if key not in ("hosts", "include_localhost", "clusters"):
+            known = "hosts, clusters, include_localhost"
+            raise FileError(path, raw.line_of(key), f"unknown pool setting {key!r}; known: {known}")
     include_localhost = raw.get("include_localhost", True)
     if not isinstance(include_localhost, bool):
         raise FileError(path, raw.line_of("include_localhost"), "include_localhost must be true or false")
@@ -257,7 +267,12 @@ def load_pool(path: Path) -> Pool:
         hosts.append(host)
     if include_localhost and not any(h.name == "localhost" for h in hosts):
         hosts.insert(0, LOCALHOST)
-    return Pool(path=path, hosts=hosts, include_localhost=include_localhost)
+    clusters = []
+    if "clusters" in raw:
+        from deepops_infra.pool_clusters import parse_clusters
+
+        clusters = parse_clusters(raw["clusters"], path, raw.line_of("clusters"), {h.name for h in hosts})
+    return Pool(path=path, hosts=hosts, include_localhost=include_localhost, clusters=clusters)
 
 
 def _as_file_data(value: Any) -> Any:

@@ -23,6 +23,7 @@ command -v pg_ctlcluster >/dev/null || ls /usr/lib/postgresql/*/bin/postgres >/d
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 [ -x /usr/bin/chromium ] || need+=(chromium fonts-dejavu-core)  # the HTML cost report is opened in headless Chromium
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)  # the team server's web page is driven through it (selenium)
+command -v slurmctld >/dev/null && command -v munged >/dev/null || need+=(slurm-wlm munge)  # tests/test_slurm*.py (scripts/slurm-local.sh)
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 # PostgreSQL: reuse a server answering on 127.0.0.1:5432, else start the local cluster.

@@ -144,7 +144,7 @@ def test_get_unknown_host(tmp_path):
         pytest.param(
             "include_localhost: true\nhostz: []\n",
             2,
-            "unknown pool setting 'hostz'; known: hosts, include_localhost",
+            "unknown pool setting 'hostz'; known: hosts, clusters, include_localhost",
             id="unknown-pool-key",
         ),
         pytest.param(

@@ -15,6 +15,7 @@ PROVIDERS: dict[str, str] = {
     "aws": "deepops_infra.providers.aws.provider:AwsProvider",
     "gcp": "deepops_infra.providers.gcp.provider:GcpProvider",
     "azure": "deepops_infra.providers.azure.provider:AzureProvider",
+    "slurm": "deepops_infra.providers.slurm.provider:SlurmProvider",  # the pool's clusters (planned by onprem)
 }
 
 

@@ -82,6 +82,16 @@ class Utilization:
         return cls(at=at, gpu_percent=[], gpu_memory_percent=[], active=None, source=source, error=error)
 
 
+@dataclass(frozen=True)
+class SessionCommand:
+    """How to reach a machine's session end (connect/lease.py): `argv`, run where the pool key or
+    cloud key is held, whose stdin/stdout carry a header line and then the machine's `sshd -i`;
+    `user`, the Unix user that sshd runs as (the one name the user's ssh client may log in as)."""
+
+    argv: list[str]
+    user: str
+
+
 class ProvisionError(Exception):
     """Creating resources failed. `created` says whether anything may exist that needs teardown."""
 
@@ -151,6 +161,13 @@ class Provider(ABC):
     def shell_command(self, machine: "Machine", command: list[str] | None) -> list[str]:
         """argv that opens a shell in the machine (or runs `command` there)."""
 
+    def session_command(self, machine: "Machine", public_key: str) -> SessionCommand:
+        """The byte stream to the machine's own `sshd -i` that lets `public_key` in for one session
+        (`deepops ssh`, ssh-config hosts, the server's brokered sessions)."""
+        from deepops_infra.errors import UserError
+
+        raise UserError(f"{machine.id}: `deepops ssh` sessions into {self.cloud} machines are not available yet")
+
     def doctor(self) -> list[tuple[str, bool, str]]:
         """(check, ok, detail) rows for `deepops doctor`."""
         return []
@@ -164,6 +181,11 @@ class Provider(ABC):
         """The image's immutable pin on this target in `region` today; None when it has none there.
         The provider is the one authority on its pins (`up --like` checks an earlier machine's
         pin against this); plans carry the same value."""
+        return None
+
+    def extend_to(self, machine: "Machine", expires_at: datetime) -> None:
+        """Move the target's own cap (a scheduler's time limit) to `expires_at`; a UserError with the
+        target's reason refuses the extension. Default: the target has no cap of its own."""
         return None
 
     # -- reaper hooks (defaults are the safe answer) ------------------------------------------
