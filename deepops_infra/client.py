@@ -1,5 +1,6 @@
-"""The CLI as a client of the team server: with DEEPOPS_SERVER set, up/ls/show/extend/down/cost
-go to the server (token from DEEPOPS_TOKEN or `deepops login`) and print what they print locally.
+"""The CLI as a client of the team server: with DEEPOPS_SERVER set, every command goes to the
+server (token from DEEPOPS_TOKEN or `deepops login`): `Remote` has the machines service's
+operations over HTTP with the same typed answers, so a command prints the same in both modes.
 
 Only the standard library is used here, so the CLI needs nothing more to talk to a server.
 """
@@ -11,13 +12,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepops_infra.errors import NotFoundError, OperationError, UserError
+
+if TYPE_CHECKING:
+    from deepops_infra.views import MachineView
 
 CREDENTIALS = "credentials.json"
 TERMINAL = ("ready", "failed", "terminated")
@@ -57,6 +58,7 @@ def server_url() -> str | None:
 # A release answers once the machine is confirmed gone: a cloud teardown, or a launch in flight
 # stopping first (lifecycle.CANCEL_WAIT_SECONDS), takes minutes, far past an ordinary call's timeout.
 RELEASE_TIMEOUT_SECONDS = 3600
+DETECT_TIMEOUT_SECONDS = 300  # adding a pool host: the server detects its GPUs over SSH first
 
 
 class Client:
@@ -125,163 +127,158 @@ def _error(exc: urllib.error.HTTPError) -> Exception:
     return OperationError(f"server failed ({exc.code}): {detail}")
 
 
-# -- the commands -------------------------------------------------------------------------------
+# -- the machines service's operations, over HTTP (team mode) ------------------------------------
+
+
+def team_mode() -> bool:
+    """Whether the CLI works through a team server (DEEPOPS_SERVER set)."""
+    return server_url() is not None
+
+
+def team() -> "Remote | None":
+    """The server's operations in team mode, else None (local mode: the service in-process)."""
+    return Remote.from_env() if team_mode() else None
 
 
 def _info(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+def _ref(ref: str) -> str:
+    return urllib.parse.quote(ref, safe="")
 
 
-def _when(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+class Remote:
+    """The operations of the machines service (deepops_infra/service) through the team server,
+    with the same typed answers, so that each command renders both modes with one code path."""
 
+    POLL_SECONDS = 1.0
 
-def _machine(data: dict[str, Any]) -> SimpleNamespace:
-    """A machine from its JSON, with the attributes the table views read."""
-    fields = dict(data) | {
-        "request": {"gpus": data.get("gpus")},
-        "plan": {"gpu_indexes": data.get("gpu_indexes")},
-        "price_per_hour": Decimal(data["price_per_hour"]),
-    }
-    for key in ("created_at", "ready_at", "expires_at", "ended_at"):
-        fields[key] = _when(data.get(key))
-    return SimpleNamespace(**fields)
+    def __init__(self, client: Client) -> None:
+        self.client = client
 
+    @classmethod
+    def from_env(cls) -> "Remote":
+        return cls(Client.from_env())
 
-def up(body: dict[str, Any], like: str | None, keep_on_failure: bool, json_out: bool, dry_run: bool) -> None:
-    client, poll = Client.from_env(), 1.0
-    extra = {"like": like, "keep_on_failure": keep_on_failure or None, "dry_run": dry_run}
-    created = client.call("POST", "/machines", {k: v for k, v in (body | extra).items() if v is not None})
-    if dry_run:
-        plan = created["plan"]
-        if json_out:
-            _print_json(plan)
-        else:
-            _info(
-                f"would lease {body.get('gpus') or '0'} on {plan['host'] or plan['region']} with "
-                f"{created['image']} ({plan['image_id']}) at ${plan['price_per_hour']}/h, "
-                f"about ${plan['estimated_cost']} for the TTL"
+    # machines
+    def request(self, order: Any, keep_on_failure: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        """POST /machines: planned and recorded by the server (202), or only planned (dry run)."""
+        from dataclasses import asdict
+
+        body = asdict(order) | {"keep_on_failure": keep_on_failure or None, "dry_run": dry_run}
+        return self.client.call("POST", "/machines", {k: v for k, v in body.items() if v is not None})  # type: ignore[no-any-return]
+
+    def wait_ready(self, machine_id: str, seen: str, say: Any = _info) -> "MachineView":
+        """Follow a launch the server runs until the machine is ready (OperationError when it failed)."""
+        while True:
+            m = self.show(machine_id)
+            if m.status != seen:
+                seen = m.status
+                say(f"  {machine_id} {seen}" + (f": {m.status_reason}" if m.status_reason else ""))
+            if m.status in TERMINAL or m.ended_at is not None:
+                break
+            time.sleep(self.POLL_SECONDS)
+        if m.status != "ready":
+            raise OperationError(f"{machine_id} failed: {m.status_reason}")
+        return m
+
+    def list_machines(self, include_ended: bool = False, owner: str | None = None) -> "list[MachineView]":
+        from deepops_infra.views import MachineView
+
+        rows = self.client.call("GET", "/machines", params={"all": include_ended, "owner": owner})
+        return [MachineView.from_json(r) for r in rows]
+
+    def show(self, ref: str) -> "MachineView":
+        from deepops_infra.views import MachineView
+
+        return MachineView.from_json(self.client.call("GET", f"/machines/{_ref(ref)}"))
+
+    get_machine = show  # what `deepops ssh` and friends look a machine up with
+
+    def extend(self, ref: str, ttl: str) -> "MachineView":
+        from deepops_infra.views import MachineView
+
+        return MachineView.from_json(self.client.call("POST", f"/machines/{_ref(ref)}/extend", {"ttl": ttl}))
+
+    def releasable(self, refs: list[str]) -> list[Any]:
+        from deepops_infra.service.machines import Target
+
+        machines = [self.client.call("GET", f"/machines/{_ref(ref)}") for ref in refs]
+        for m in machines:
+            if m.get("ended_at"):
+                raise UserError(f"{m['id']} already ended ({m['status']})")
+        return [Target(m["id"], m["status"]) for m in machines]
+
+    def release(self, machine_id: str) -> Any:
+        """DELETE /machines/{id}: answered once the machine is confirmed gone."""
+        from deepops_infra.service.machines import Released
+
+        ended = self.client.call("DELETE", f"/machines/{_ref(machine_id)}", timeout=RELEASE_TIMEOUT_SECONDS)
+        return Released(ended["machine"], ended["cost_line"])
+
+    # pool (it-admin)
+    def pool_ls(self, detect: bool = False) -> list[dict[str, Any]]:
+        return self.client.call("GET", "/pool", params={"detect": detect or None})  # type: ignore[no-any-return]
+
+    def pool_add(self, entry: dict[str, Any], detect: bool) -> dict[str, Any]:
+        return self.client.call("POST", "/pool/hosts", entry | {"detect": detect}, timeout=DETECT_TIMEOUT_SECONDS)  # type: ignore[no-any-return]
+
+    def pool_rm(self, name: str, force: bool = False) -> dict[str, Any]:
+        return self.client.call("DELETE", f"/pool/hosts/{_ref(name)}", params={"force": force or None})  # type: ignore[no-any-return]
+
+    # offers (member, team-admin, it-admin)
+    def offers(self) -> list[Any]:
+        """The server's cloud catalog (GET /offers), as `deepops gpus` reads the local one."""
+        from decimal import Decimal
+
+        from deepops_infra.catalog import Offering
+
+        def price(value: Any) -> Decimal | None:
+            return None if value in (None, "") else Decimal(str(value))
+
+        return [
+            Offering(
+                cloud=o["cloud"],
+                region=o["region"],
+                instance_type=o["instance_type"],
+                accelerator=o["accelerator"],
+                accelerator_count=int(o["accelerator_count"]),
+                vcpus=int(o["vcpus"]),
+                memory_gib=Decimal(str(o["memory_gib"])),
+                price_per_hour=price(o["price_per_hour"]),
+                spot_price_per_hour=price(o["spot_price_per_hour"]),
             )
-        return
-    mid = created["id"]
-    _info(f"{mid} requested on {created['host'] or created['region']}; the server is provisioning it")
-    seen = created["status"]
-    while True:
-        m = client.call("GET", f"/machines/{mid}")
-        if m["status"] != seen:
-            seen = m["status"]
-            _info(f"  {mid} {seen}" + (f": {m['status_reason']}" if m.get("status_reason") else ""))
-        if m["status"] in TERMINAL or m.get("ended_at"):
-            break
-        time.sleep(poll)
-    if m["status"] != "ready":
-        raise OperationError(f"{mid} failed: {m.get('status_reason')}")
-    keys = [k for k in m if k not in ("request", "plan", "price", "provider_refs", "manifest", "validation", "events")]
-    if json_out:
-        _print_json({k: m[k] for k in keys})
-    else:
-        expires = _when(m["expires_at"])
-        _info(
-            f"{mid} is ready on {m['host'] or m['region']}: `deepops ssh {mid}`, "
-            f"ends at {expires:%Y-%m-%d %H:%M}Z, ${m['price_per_hour']}/h"
-        )
+            for o in self.client.call("GET", "/offers")["cloud"]
+        ]
 
+    # budgets (finance, team-admin, it-admin)
+    def budgets(self, month: str | None) -> Any:
+        from deepops_infra.service.budgets import BudgetReport
 
-def ls(all_: bool, owner: str | None, json_out: bool) -> None:
-    from deepops_infra.cli.common import print_table
-    from deepops_infra.views import MACHINE_COLUMNS, machine_row
-
-    rows = Client.from_env().call("GET", "/machines", params={"all": all_, "owner": owner})
-    if json_out:
-        _print_json(rows)
-    elif not rows:
-        _info("no machines" + ("" if all_ else " running; `deepops ls --all` shows ended ones"))
-    else:
-        at = datetime.now(UTC)
-        print_table(MACHINE_COLUMNS, [machine_row(_machine(r), Decimal(r["cost_usd"]), at) for r in rows])  # type: ignore[arg-type]
-
-
-def show(ref: str, json_out: bool) -> None:
-    data = Client.from_env().call("GET", f"/machines/{urllib.parse.quote(ref, safe='')}")
-    if json_out:
-        _print_json(data)
-        return
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    manifest = data.get("manifest") or {}
-    packages = manifest.get("packages") or {}
-    reason = f" ({data['status_reason']})" if data.get("status_reason") else ""
-    console.print(f"[bold]{data['id']}[/] {data.get('name') or ''}  {data['status']}" + reason)
-    rows = [
-        ("owner/team/project", f"{data['owner']} / {data['team']} / {data['project']}"),
-        ("target", f"{data['cloud']} {data.get('host') or data.get('region') or ''}"),
-        ("gpus", f"{data['request'].get('gpus')} indexes {data['plan'].get('gpu_indexes')}"),
-        ("image", f"{data['image']} pinned {data['image_pin']}"),
-        ("price (frozen)", f"${data.get('price_per_hour_stored', data['price_per_hour'])}/h {data['price']}"),
-        ("cost so far", f"${data['cost_usd']}"),
-        ("created / ready", f"{data['created_at']} / {data['ready_at']}"),
-        ("expires / ended", f"{data['expires_at']} / {data['ended_at']}"),
-        ("workspace", str((data.get("provider_refs") or {}).get("workspace"))),
-        ("driver", str(manifest.get("driver_version"))),
-        ("python", str(manifest.get("python"))),
-        ("packages", ", ".join(f"{k}=={v}" for k, v in packages.items()) or "-"),
-    ]
-    for key, value in rows:
-        console.print(f"  {key:<20} {value}")
-    for check in (data.get("validation") or {}).get("checks", []):
-        console.print(f"  check {'✓' if check['passed'] else '✗'} {check['name']}: {check['detail']}")
-    console.print("  events:")
-    for e in data["events"]:
-        console.print(f"    {e['at']}  {e['kind']:<16} {e['from'] or ''} -> {e['to'] or ''}  {e['reason'] or ''}")
-
-
-def extend(ref: str, ttl: str, json_out: bool) -> None:
-    m = Client.from_env().call("POST", f"/machines/{urllib.parse.quote(ref, safe='')}/extend", {"ttl": ttl})
-    if json_out:
-        _print_json(m)
-    else:
-        _info(f"{m['id']} now ends at {_when(m['expires_at']):%Y-%m-%d %H:%M}Z")
+        return BudgetReport.from_json(self.client.call("GET", "/budgets", params={"month": month}))
 
 
 def down(refs: list[str], yes: bool, json_out: bool) -> None:
-    client = Client.from_env()
-    machines = [client.call("GET", f"/machines/{urllib.parse.quote(ref, safe='')}") for ref in refs]
-    for m in machines:
-        if m.get("ended_at"):
-            raise UserError(f"{m['id']} already ended ({m['status']})")
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UserError("down needs --yes when not run from a terminal")
-        import typer
+    """`deepops down` through the team server (the command's own code, with this client)."""
+    from deepops_infra.cli.machines import release_machines
 
-        typer.confirm(f"Release {', '.join(m['id'] for m in machines)}?", abort=True)
-    results, failures = [], []
-    for m in machines:
-        try:
-            ended = client.call("DELETE", f"/machines/{m['id']}", timeout=RELEASE_TIMEOUT_SECONDS)
-        except (UserError, OperationError) as exc:
-            failures.append(f"{m['id']}: {exc}")
-            continue
-        results.append(ended["machine"])
-        if not json_out:
-            _info(ended["cost_line"])
-    if json_out:
-        _print_json(results)
-    if failures:
-        raise OperationError("; ".join(failures))
+    remote = Remote.from_env()
+    release_machines(remote.releasable, remote.release, refs, yes, json_out)
 
 
 def cost(
-    by: list[str] | None, month: str | None, since: str | None, until: str | None, fmt: str, output: Path | None
+    by: list[str] | None,
+    month: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    output: Path | None,
+    idle: str = "separate",
 ) -> None:
     from deepops_infra.cli.common import print_table
 
-    params = {"by": by, "month": month, "since": since, "until": until, "format": fmt}
+    params = {"by": by, "month": month, "since": since, "until": until, "format": fmt, "idle": idle}
     result = Client.from_env().call("GET", "/costs", params=params)
     if fmt == "json":
         text = json.dumps(result, indent=2) + "\n"

@@ -33,6 +33,7 @@ from deepops_infra.policy import check_ttl
 from deepops_infra.progress import Progress
 from deepops_infra.providers.base import Plan, Provider, ProvisionError
 from deepops_infra.request import MachineRequest
+from deepops_infra.service import offers
 
 RESERVE_ATTEMPTS = 5
 CREATE_ATTEMPTS = 3  # offers tried when a create fails for capacity or quota
@@ -51,7 +52,6 @@ class Lifecycle:
         self.ledger = ledger
         self.provider = provider
         self.progress = progress
-        self._fallbacks: dict[str, list[Plan]] = {}  # machine ID -> the next offers, for retry on capacity
 
     # -- up ----------------------------------------------------------------------------------
 
@@ -126,7 +126,13 @@ class Lifecycle:
                     machine.image_pin = plan.image_pin
                     machine.price_per_hour = plan.price.per_hour
                     machine.price_breakdown = plan.price.to_json()
-                self._fallbacks[machine.id] = [p for p in plans if p != plan and p.cloud == plan.cloud]
+                    # The next offers, for a retry on capacity: in the ledger, for whoever launches it.
+                    offers.keep(session, machine, offers.fallbacks(plans, plan))
+                if plan.cloud != self.provider.cloud and self.provider.cloud != "auto":
+                    # `--cloud onprem` placed it on a cluster: that target's provider makes it from here on
+                    from deepops_infra.providers import get_provider
+
+                    self.provider = get_provider(plan.cloud, self.settings, self.ledger)
                 return machine
             except BaseException as exc:
                 locks.release(machine_id)
@@ -161,19 +167,11 @@ class Lifecycle:
                 setattr(row, key, value)
                 setattr(machine, key, value)
 
-    def fallbacks(self, machine_id: str) -> list[Plan]:
-        """The next offers `record` kept for a machine (taken: a launch elsewhere gets them)."""
-        return self._fallbacks.pop(machine_id, [])
-
-    def launch(
-        self, machine: Machine, image: Image, keep_on_failure: bool = False, fallbacks: list[Plan] | None = None
-    ) -> Machine:
+    def launch(self, machine: Machine, image: Image, keep_on_failure: bool = False) -> Machine:
         """Take a recorded machine to ready; on any failure it ends `failed` and is torn down.
-        `fallbacks`: the offers to try on a capacity error when another process recorded it."""
+        On a capacity error the next offers `record` kept in the ledger are tried."""
         from deepops_infra.ansible import PLAY_CANCEL
 
-        if fallbacks is not None:
-            self._fallbacks[machine.id] = list(fallbacks)
         created = False
         cancel = PLAY_CANCEL.set(self._cancel_check(machine.id))  # a release stops a play in flight
         try:
@@ -260,7 +258,8 @@ class Lifecycle:
     def _create_with_fallback(self, machine: Machine) -> dict[str, Any]:
         """Create; when the offer has no capacity or quota, destroy what was made and try the next
         offer (at most CREATE_ATTEMPTS), each attempt an event with its offer and outcome."""
-        fallbacks = list(self._fallbacks.pop(machine.id, []))
+        with self.ledger.read() as session:
+            fallbacks = offers.kept(session, machine.id)
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             offer = {k: machine.plan.get(k) for k in ("region", "instance_type", "host", "price_per_hour")}
             try:
@@ -495,6 +494,10 @@ def extend(settings: Settings, ledger: Ledger, ref: str, ttl: timedelta) -> Mach
         new_expiry = max(machine.expires_at, at) + ttl
         lifetime = new_expiry - (machine.ready_at or machine.created_at)
         check_ttl(lifetime, settings.config.policy_for(machine.team), machine.team, what="the machine's lifetime")
+        if machine.cloud == "slurm":  # the scheduler's time limit moves first; its refusal is the answer
+            from deepops_infra.providers import get_provider
+
+            get_provider(machine.cloud, settings, ledger).extend_to(machine, new_expiry)
         store.add_event(
             session,
             machine,
@@ -511,16 +514,12 @@ def extend(settings: Settings, ledger: Ledger, ref: str, ttl: timedelta) -> Mach
 
 def cost_line(ended: Ended) -> str:
     from deepops_infra.durations import format_duration
-    from deepops_infra.pricing import dollars, price_text
+    from deepops_infra.money import price_words, rate
+    from deepops_infra.pricing import dollars
 
     m = ended.machine
-    parts = m.price_breakdown
-    basis = (
-        f"host {parts['host_hour']}/h + {parts['gpus']} GPU x {parts['gpu_hour']}/h"
-        if "host_hour" in parts
-        else f"{m.price_per_hour}/h"
-    )
+    basis = price_words(m.price_breakdown)
     return (
         f"{m.id} {m.status} after {format_duration(ended.ran_for)}: {dollars(ended.cost)} "
-        f"at {price_text(m.price_per_hour)}/h ({basis})"
+        f"at {rate(m.price_per_hour)}" + (f" ({basis})" if basis else "")
     )

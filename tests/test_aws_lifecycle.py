@@ -126,7 +126,7 @@ def request(gpus: str = "H100:8", **kw: Any) -> MachineRequest:
         cloud="aws",
         region=None,
         host=None,
-        image="pytorch",
+        image="cpu-minimal",
         spot=False,
         ttl=timedelta(hours=8),
         idle_timeout=timedelta(hours=1),
@@ -155,7 +155,7 @@ def test_capacity_failure_moves_to_the_next_offer_and_every_attempt_is_torn_down
     settings, ledger, clients = setup
     backend = MotoBackend(clients, no_capacity={"us-east-1"})
     provider = AwsProvider(settings, ledger, engine=Engine(backend), clients=clients)
-    image = get_image("pytorch")
+    image = get_image("cpu-minimal")
     plans = provider.plan(request(), image)
     assert [(p.region, p.instance_type) for p in plans] == [("us-east-1", "p5.48xlarge"), ("us-west-2", "p5.48xlarge")]
     # 55.04 + 200 GB x 0.08 / 730 = 55.04 + 0.021918
@@ -203,7 +203,7 @@ def test_a_non_capacity_failure_is_not_retried(setup: Any) -> None:
 
     backend = Broken(clients, set())
     provider = AwsProvider(settings, ledger, engine=Engine(backend), clients=clients)
-    image = get_image("pytorch")
+    image = get_image("cpu-minimal")
     life = Lifecycle(settings, ledger, provider, QuietProgress())
     machine = life.record(request(), image, provider.plan(request(), image))
     with pytest.raises(OperationError, match="InvalidAMIID"):
@@ -216,7 +216,7 @@ def test_a_non_capacity_failure_is_not_retried(setup: Any) -> None:
 def test_the_stack_config_carries_the_decisions(setup: Any) -> None:
     settings, ledger, clients = setup
     provider = AwsProvider(settings, ledger, engine=Engine(MotoBackend(clients, set())), clients=clients)
-    image = get_image("pytorch")
+    image = get_image("cpu-minimal")
     req = request("T4:1", spot=True, disk_gb=80)
     life = Lifecycle(settings, ledger, provider, QuietProgress())
     machine = life.record(req, image, provider.plan(req, image))
@@ -236,7 +236,7 @@ def test_missing_cli_or_credentials_writes_nothing(setup: Any, monkeypatch: pyte
     backend = MotoBackend(clients, set())
     backend.check = lambda: (_ for _ in ()).throw(UserError("the `pulumi` CLI is not installed"))  # type: ignore[method-assign]
     provider = AwsProvider(settings, ledger, engine=Engine(backend), clients=clients)
-    image = get_image("pytorch")
+    image = get_image("cpu-minimal")
     life = Lifecycle(settings, ledger, provider, QuietProgress())
     with pytest.raises(UserError, match="pulumi"):
         life.record(request(), image, provider.plan(request(), image))

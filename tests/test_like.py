@@ -39,7 +39,7 @@ def ran(
     It ran in the cheapest region after the cheapest, so repeating it is not what a fresh plan does."""
     settings = Settings(home=home)
     opts = Options(
-        gpus=GPUS[cloud], cloud=cloud, image="pytorch", spot=True, disk=150, owner=owner, team=team, name=name
+        gpus=GPUS[cloud], cloud=cloud, image="cpu-minimal", spot=True, disk=150, owner=owner, team=team, name=name
     )
     request, image = build_request(settings, opts)
     plans = get_provider(cloud, settings, ledger).plan(request, image)

@@ -1,12 +1,19 @@
 """`deepops pool`: the on-prem hosts leases are carved from."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from deepops_infra.cli.common import info, open_ledger, print_json, print_table, settings
 
 app = typer.Typer(help="The on-prem pool (a YAML file of hosts; localhost is in it by default).", no_args_is_help=True)
+
+
+def _team() -> Any:
+    """The team server's client in team mode (its pool, it-admin only), else None (local files)."""
+    from deepops_infra.cli.teammode import team_client
+
+    return team_client()
 
 
 @app.command("add")
@@ -36,12 +43,7 @@ def add(
 ) -> None:
     """Add a host to the pool (its GPUs are detected unless declared)."""
     from deepops_infra.errors import UserError
-    from deepops_infra.pool import load_pool, parse_host_entry
 
-    s = settings()
-    pool = load_pool(s.pool_path)
-    if any(h.name == name for h in pool.hosts):
-        raise UserError(f"host {name!r} is already in the pool; `deepops pool rm {name}` first")
     entry: dict = {"name": name, "connection": connection, "port": port}
     if address:
         entry["address"] = address
@@ -64,25 +66,20 @@ def add(
             entry["gpus"] = [{"index": int(i), "model": model} for i in indexes.split(",")]
     except ValueError:
         raise UserError("--gpu-indexes / --declare-gpus: indexes are numbers separated by commas, e.g. 0,1") from None
-    host = parse_host_entry(entry, s.pool_path)
-    if detect and host.declared_gpus is None:
-        from deepops_infra.providers.onprem.inventory import detect as detect_gpus
-
-        found = detect_gpus(s, [host])[host.name]
-        if isinstance(found, str):
-            raise UserError(f"cannot reach {name}: {found}; fix the address/user/key or add --no-detect")
-        with open_ledger(s).write() as session:
-            session.merge(found.to_cache())
-        info(
-            f"{name}: {len(found.gpus)} GPU(s) detected"
-            + (f": {', '.join(g.name for g in found.gpus)}" if found.gpus else "")
-        )
-    pool.hosts.append(host)
-    pool.save()
-    if json_out:
-        print_json(host.to_dict())
+    server = _team()
+    if server is not None:  # the server's pool, detected with the server's keys
+        added, where = server.pool_add(entry, detect), "the team server's pool"
     else:
-        info(f"added {name} to {s.pool_path}")
+        from deepops_infra.service.pool import add_host
+
+        s = settings()
+        added, where = add_host(s, open_ledger(s, create=False), entry, detect=detect), str(s.pool_path)
+    if added.get("detected"):
+        info(added["detected"])
+    if json_out:
+        print_json({k: v for k, v in added.items() if k != "detected"})
+    else:
+        info(f"added {name} to {where}")
 
 
 @app.command("rm")
@@ -91,28 +88,16 @@ def rm(
     force: Annotated[bool, typer.Option("--force", help="Remove even with live leases on it.")] = False,
 ) -> None:
     """Remove a host from the pool (refused while machines run on it)."""
-    from sqlalchemy import func, select
-
-    from deepops_infra.errors import UserError
-    from deepops_infra.ledger.schema import Machine
-    from deepops_infra.pool import load_pool
+    server = _team()
+    if server is not None:
+        server.pool_rm(name, force)
+        info(f"removed {name} from the team server's pool")
+        return
+    from deepops_infra.service.pool import remove_host
 
     s = settings()
-    pool = load_pool(s.pool_path)
-    host = pool.get(name)
-    with open_ledger(s, create=False).read() as session:
-        live = session.scalar(
-            select(func.count())
-            .select_from(Machine)
-            .where(Machine.cloud == "onprem", Machine.host == name, Machine.ended_at.is_(None))
-        )
-    if live and not force:
-        raise UserError(f"{name} has {live} live machine(s); release them first (or --force)")
-    pool.hosts.remove(host)
-    if name == "localhost":
-        pool.include_localhost = False
-    pool.save()
-    info(f"removed {name} from {s.pool_path}")
+    removed = remove_host(s, open_ledger(s, create=False), name, force=force)
+    info(f"removed {name} from {removed['pool']}")
 
 
 @app.command("ls")
@@ -123,47 +108,18 @@ def ls(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List pool hosts with their GPUs, leases and rates."""
-    from sqlalchemy import select
+    server = _team()
+    if server is not None:
+        rows = server.pool_ls(detect)
+    else:
+        from deepops_infra.service.pool import list_hosts
 
-    from deepops_infra.ledger.schema import GpuLease, HostInventory
-    from deepops_infra.pool import load_pool
-    from deepops_infra.providers.onprem.inventory import declared_capacity
-    from deepops_infra.providers.onprem.inventory import detect as detect_gpus
-
-    s = settings()
-    pool = load_pool(s.pool_path)
-    ledger = open_ledger(s, create=False)
-    fresh = detect_gpus(s, [h for h in pool.hosts if h.detects_gpus]) if detect else {}
-    if fresh:
-        with ledger.write() as session:
-            for found in fresh.values():
-                if not isinstance(found, str):
-                    session.merge(found.to_cache())
-    rows = []
-    with ledger.read() as session:
-        for host in pool.hosts:
-            leased = sorted(
-                session.scalars(
-                    select(GpuLease.gpu_index).where(GpuLease.host == host.name, GpuLease.released_at.is_(None))
-                )
-            )
-            note = None
-            if host.declared_gpus is not None:
-                gpus = [{"index": g.index, "name": g.name, "model": g.model} for g in declared_capacity(host).gpus]
-                source = "declared"
-            elif isinstance(fresh.get(host.name), str):
-                gpus, source, note = [], "unreachable", fresh[host.name]
-            else:
-                cached = session.get(HostInventory, host.name)
-                raw = cached.gpus if cached else []
-                gpus = [g for g in raw if host.gpu_indexes is None or g["index"] in host.gpu_indexes]
-                source = f"detected {cached.detected_at:%Y-%m-%d %H:%M}Z" if cached else "not detected yet"
-            rows.append(
-                host.to_dict() | {"gpus_offered": gpus, "gpus_leased": leased, "gpu_source": source, "error": note}
-            )
+        s = settings()
+        rows = list_hosts(s, open_ledger(s, create=False), detect=detect)
     if json_out:
         print_json(rows)
         return
+    clusters = [r for r in rows if "kind" in r]
     print_table(
         ["HOST", "CONNECTION", "GPUS", "LEASED", "RATES", "SOURCE"],
         [
@@ -176,5 +132,20 @@ def ls(
                 r["gpu_source"],
             ]
             for r in rows
+            if "kind" not in r
         ],
     )
+    if clusters:
+        print_table(
+            ["CLUSTER", "KIND", "PARTITIONS", "GPUS FREE", "RATES"],
+            [
+                [
+                    r["name"],
+                    r["kind"],
+                    ",".join(r["partitions"]),
+                    r["error"] or ", ".join(f"{m} {g['free']}/{g['total']}" for m, g in r["gpus_free"].items()),
+                    f"${r['rates']['gpu_hour']}/GPU-h ${r['rates']['node_hour']}/node-h",
+                ]
+                for r in clusters
+            ],
+        )

@@ -126,7 +126,7 @@ class Listing:
 
     async def machines_json(self, at: datetime, *, include_ended: bool, where: dict[str, str]) -> bytes | None:
         """The JSON body of GET /machines for a scope, fresh or at most `cache_seconds` old."""
-        from deepops_infra.views import machine_json
+        from deepops_infra.views import MachineView
 
         key = (include_ended, *sorted(where.items()))
         saved = self.saved(include_ended=include_ended, where=where)
@@ -140,7 +140,7 @@ class Listing:
         generation, started = self._generation, time.monotonic()
         try:
             rows = await self.machines(at, include_ended=include_ended, where=where)
-            body = None if rows is None else _dumps([machine_json(m, spent) for m, spent in rows])
+            body = None if rows is None else _dumps([MachineView.of(m, spent).to_json() for m, spent in rows])
             if body is not None and self.cache_seconds > 0 and generation == self._generation:
                 self._answers[key] = (started, body)
             reading.set_result(body)

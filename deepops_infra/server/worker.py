@@ -4,10 +4,37 @@ requests, and a crash in one cannot take the API down. Workers are started with 
 fork of a threaded server) and keep one ledger engine each."""
 
 import contextlib
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 _LEDGERS: dict[str, Any] = {}
+
+
+class Workers(ProcessPoolExecutor):
+    """A pool of worker processes that counts its tasks in flight (queued or running), which
+    /metrics reports as launches and releases in flight; warming a worker is not counted."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_flight = 0
+        self._count_lock = threading.Lock()
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]
+        future = super().submit(fn, *args, **kwargs)
+        if fn is not warm:
+            self._add(1)
+            future.add_done_callback(lambda _: self._add(-1))
+        return future
+
+    def _add(self, n: int) -> None:
+        with self._count_lock:
+            self._in_flight += n
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
 
 
 def _open(home: str) -> tuple[Any, Any]:
@@ -21,30 +48,20 @@ def _open(home: str) -> tuple[Any, Any]:
     return settings, _LEDGERS[url]
 
 
-def _lifecycle(settings: Any, ledger: Any, cloud: str) -> Any:
-    from deepops_infra.lifecycle import Lifecycle
-    from deepops_infra.progress import make_progress
-    from deepops_infra.providers import get_provider
+def _service(home: str) -> Any:
+    from deepops_infra.service.machines import Machines
 
-    return Lifecycle(settings, ledger, get_provider(cloud, settings, ledger), make_progress(enabled=False))
+    return Machines(*_open(home))
 
 
-def launch(home: str, machine_id: str, fallbacks: list[Any], keep_on_failure: bool = False) -> None:
-    """Take a recorded machine to ready; a failure is recorded on the machine by the lifecycle."""
-    from deepops_infra.images import get_image
-    from deepops_infra.ledger import store
-
-    settings, ledger = _open(home)
-    with ledger.read() as session:
-        machine = store.find_machine(session, machine_id)
-    lifecycle = _lifecycle(settings, ledger, machine.cloud)
+def launch(home: str, machine_id: str, keep_on_failure: bool = False) -> None:
+    """Take a recorded machine to ready through the machines service (its fallback offers are in
+    the ledger); a failure is recorded on the machine by the lifecycle."""
     with contextlib.suppress(Exception):
-        lifecycle.launch(machine, get_image(machine.image), keep_on_failure=keep_on_failure, fallbacks=fallbacks)
+        _service(home).launch(machine_id, keep_on_failure=keep_on_failure)
 
 
-def submit_launch(
-    pool: Any, ledger: Any, home: str, machine_id: str, fallbacks: list[Any], keep_on_failure: bool
-) -> Any:
+def submit_launch(pool: Any, ledger: Any, home: str, machine_id: str, keep_on_failure: bool) -> Any:
     """Hand a recorded machine to a launch worker. The server keeps the machine's launch lock
     (taken when it was recorded: ledger/liveness.py) until the worker is done with it, queued or
     launching: the launch is alive while the server and that worker are, and a release asks it to
@@ -53,7 +70,7 @@ def submit_launch(
 
     locks = LaunchLocks.of(ledger)
     try:
-        future = pool.submit(launch, home, machine_id, fallbacks, keep_on_failure)
+        future = pool.submit(launch, home, machine_id, keep_on_failure)
     except BaseException:
         locks.release(machine_id)
         raise
@@ -62,15 +79,8 @@ def submit_launch(
 
 
 def release(home: str, machine_id: str, reason: str) -> dict[str, Any]:
-    from deepops_infra.ledger import store
-    from deepops_infra.lifecycle import cost_line
-    from deepops_infra.views import machine_json
-
-    settings, ledger = _open(home)
-    with ledger.read() as session:
-        machine = store.find_machine(session, machine_id)
-    ended = _lifecycle(settings, ledger, machine.cloud).down(machine, reason)
-    return {"machine": machine_json(ended.machine, ended.cost), "cost_line": cost_line(ended)}
+    """Release a machine (the server checked the caller may) through the machines service."""
+    return _service(home).release(machine_id, reason).to_json()  # type: ignore[no-any-return]
 
 
 def warm() -> None:
