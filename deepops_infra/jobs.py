@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from deepops_infra.errors import UserError
 
 JOBS_DIR = ".deepops/jobs"
+NOT_FOUND = 3  # the exit status of the logs script for a machine without jobs or an unknown job
 
 # $1 job id, $2 the command (a shell line); the envs are exported by the caller's prefix.
 _START = r"""
@@ -51,16 +52,18 @@ for j in */; do
 done
 """
 
-# $1 job id (empty: the latest), $2 "follow" to follow until the job ends.
+# $1 job id (empty: the latest), $2 "follow" to follow until the job ends, $3 a byte count: only
+# the output's last bytes (the web page's log viewer).
 _LOGS = r"""
 cd "$DEEPOPS_WORKSPACE/.deepops/jobs" 2>/dev/null || { echo "no jobs in $DEEPOPS_MACHINE" >&2; exit 3; }
 j=$1
-if [ -z "$j" ]; then j=$(ls -t | head -n 1); fi
+if [ -z "$j" ]; then j=$(ls -t -- */started 2>/dev/null | head -n 1); j=${j%/started}; fi  # the last started
 if [ -z "$j" ] || [ ! -d "$j" ]; then echo "no job ${1:-} in $DEEPOPS_MACHINE; see deepops jobs" >&2; exit 3; fi
 [ -f "$j/output.log" ] || sleep 1
 if [ "$2" = follow ] && [ ! -f "$j/exit" ]; then
   exec tail -n +1 -f --pid="$(cat "$j/pid")" "$j/output.log"
 fi
+if [ -n "${3:-}" ]; then exec tail -c "$3" "$j/output.log"; fi
 exec cat "$j/output.log"
 """
 
@@ -93,7 +96,8 @@ def check_job_id(job: str) -> str:
     return job
 
 
-def _exports(envs: dict[str, str]) -> str:
+def exports(envs: dict[str, str]) -> str:
+    """Shell lines exporting `envs` (each value quoted)."""
     import shlex
 
     return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in envs.items())
@@ -103,15 +107,17 @@ def start_command(job: str, command: str, envs: dict[str, str] | None = None) ->
     """The command (argv) that starts `command` as detached job `job` inside the machine."""
     if not command.strip():
         raise UserError("exec: give the command to run after --, e.g. deepops exec ID -- python train.py")
-    return ["sh", "-c", _exports(envs or {}) + _START, "deepops-exec", check_job_id(job), command]
+    return ["sh", "-c", exports(envs or {}) + _START, "deepops-exec", check_job_id(job), command]
 
 
 def list_command() -> list[str]:
     return ["sh", "-c", _LIST, "deepops-jobs"]
 
 
-def logs_command(job: str | None, follow: bool) -> list[str]:
-    return ["sh", "-c", _LOGS, "deepops-logs", check_job_id(job) if job else "", "follow" if follow else ""]
+def logs_command(job: str | None, follow: bool, last_bytes: int | None = None) -> list[str]:
+    """The command that prints (or with `follow`, streams) a job's output; `last_bytes`: its end only."""
+    tail = str(int(last_bytes)) if last_bytes else ""
+    return ["sh", "-c", _LOGS, "deepops-logs", check_job_id(job) if job else "", "follow" if follow else "", tail]
 
 
 def parse_list(output: str) -> list[Job]:

@@ -69,21 +69,21 @@ def _rsync() -> str:
     return found
 
 
-def measure(source: Path, limit: int) -> Upload:
-    """What `source` would copy after the filters, refused when it is not a folder or too big.
-    Reads only: an rsync dry run into an empty folder."""
+def measure(source: Path, limit: int, option: str = "--workdir") -> Upload:
+    """What `source` would copy after the filters, refused when it is not a folder or too big
+    (the message names `option`). Reads only: an rsync dry run into an empty folder."""
     if not source.is_dir():
-        raise UserError(f"--workdir: {source} is not a folder; give the folder with your code, e.g. --workdir .")
+        raise UserError(f"{option}: {source} is not a folder; give the folder with your code, e.g. {option} .")
     with tempfile.TemporaryDirectory(prefix="deepops-measure-") as empty:
         argv = [_rsync(), "-a", "--dry-run", "--stats", *FILTERS, f"{source}/", f"{empty}/"]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     found = _TOTAL.search(proc.stdout)
     if proc.returncode != 0 or not found:
-        raise UserError(f"--workdir: cannot read {source}: {' '.join(proc.stderr.split())[:200] or 'rsync failed'}")
+        raise UserError(f"{option}: cannot read {source}: {' '.join(proc.stderr.split())[:200] or 'rsync failed'}")
     total = int(found[1].replace(",", "").split(".")[0])
     if total > limit:
         raise UserError(
-            f"--workdir: {source} holds {human(total)} to copy (after .gitignore), more than the "
+            f"{option}: {source} holds {human(total)} to copy (after .gitignore), more than the "
             f"{human(limit)} allowed (workdir.max_size); ignore large files in .gitignore or sync a smaller folder"
         )
     return Upload(source=source, total_bytes=total)
