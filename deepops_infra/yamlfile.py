@@ -103,9 +103,19 @@ def read_text(path: Path) -> str:
 def load_yaml(path: Path) -> Any:
     """Parse a YAML file; a syntax error, a duplicate key or a non-finite number becomes a
     UserError naming the file and line."""
+    return _parse(path, lambda text: yaml.load(text, Loader=_Loader))
+
+
+def load_yaml_documents(path: Path) -> list[Any]:
+    """Every document of a multi-document YAML file (`---` between them, as Kubernetes manifests
+    are written), with the same checks and errors as load_yaml."""
+    return _parse(path, lambda text: list(yaml.load_all(text, Loader=_Loader)))
+
+
+def _parse(path: Path, parse: Any) -> Any:
     text = read_text(path)
     try:
-        return yaml.load(text, Loader=_Loader)
+        return parse(text)
     except _Problem as exc:
         raise UserError(f"{path}:{_line(exc)}: {exc.problem}") from None
     except yaml.MarkedYAMLError as exc:

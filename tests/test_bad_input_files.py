@@ -14,7 +14,7 @@ from deepops_infra.images import load_images
 from deepops_infra.policy_file import merge_policy_file
 from deepops_infra.pool import load_pool, parse_host_entry
 from deepops_infra.pricing import Price, onprem_price
-from deepops_infra.yamlfile import load_yaml
+from deepops_infra.yamlfile import load_yaml, load_yaml_documents
 from tests.test_cli_bad_input import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_every_shipped_yaml_file_loads_without_duplicate_keys() -> None:
     ]
     assert len(files) > 20
     for path in files:
-        load_yaml(path)
+        load_yaml_documents(path)
 
 
 # --- non-finite numbers, prices ------------------------------------------------------------------

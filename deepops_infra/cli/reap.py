@@ -73,6 +73,7 @@ def reap(
             metrics.errors += 1
             return False
         metrics.record(report)
+        info(report.summary())  # the line the server's reaper loop logs
         if json_out:
             sys.stdout.write(json.dumps(report.to_json(), default=str) + "\n")
             sys.stdout.flush()

@@ -61,7 +61,7 @@ def client_address(peer: str | None, forwarded_for: list[str], proxies: tuple[Ne
 class Refusals:
     """Refusals the audit log leaves out, by status: every 401 and 429, and any other refusal of a
     mutating API request whose caller is unknown (no token, a bad one). Counted here, not written,
-    so a flood costs no database write; what a /metrics endpoint would export."""
+    so a flood costs no database write; GET /metrics exports them (server/metrics.py)."""
 
     def __init__(self) -> None:
         self._counts: Counter[int] = Counter()
