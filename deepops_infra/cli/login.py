@@ -45,7 +45,10 @@ def create(
     user: Annotated[str | None, typer.Option("--user", help="Whose token (created when new).")] = None,
     team: Annotated[str | None, typer.Option("--team", help="The user's team (new users).")] = None,
     role: Annotated[
-        str | None, typer.Option("--role", help="member, team-admin, it-admin or finance (new users).")
+        str | None,
+        typer.Option(
+            "--role", help="member, team-admin, it-admin or finance (new users; `deepops users set-role` changes one)."
+        ),
     ] = None,
     ttl: Annotated[str | None, typer.Option("--ttl", help="Lifetime, e.g. 90d (default: server.token_ttl).")] = None,
     label: Annotated[str | None, typer.Option("--label", help="What the token is for.")] = None,
@@ -68,10 +71,14 @@ def create(
             raise UserError("--user is needed without a server (the local ledger has no caller)")
         s = settings()
         life = parse_duration(ttl, "--ttl") if ttl else ServerSettings.load(s).token_ttl
+        from deepops_infra.server.accounts import record_local
+
         with open_ledger(s).write() as session:
             row = identity.ensure_user(session, user, team, role)
             token, secret = identity.create_token(session, row, life, label)
-            out = identity.token_json(token, store.now()) | {"token": secret, "role": row.role, "team": row.team}
+            out = identity.token_json(token, store.now(), row) | {"token": secret}
+            detail = f"for {row.name} ({row.role}, team {row.team})"
+            record_local(session, "tokens create", "create_token", token.id, detail)
     if json_out:
         print_json(out)
         return
@@ -92,13 +99,25 @@ def ls(json_out: Json = False) -> None:
         from deepops_infra.server import identity
 
         with open_ledger(settings(), create=False).read() as session:
-            rows = [identity.token_json(r, store.now()) for r in identity.list_tokens(session)]
+            rows = [identity.token_json(t, store.now(), u) for t, u in identity.list_tokens(session)]
     if json_out:
         print_json(rows)
         return
     print_table(
-        ["ID", "USER", "LABEL", "CREATED", "EXPIRES", "STATE"],
-        [[r["id"], r["user"], r["label"] or "", r["created_at"], r["expires_at"], r["state"]] for r in rows],
+        ["ID", "USER", "ROLE", "TEAM", "LABEL", "EXPIRES", "LAST USED", "STATE"],
+        [
+            [
+                r["id"],
+                r["user"],
+                str(r.get("role") or "-"),
+                str(r.get("team") or "-"),
+                r["label"] or "",
+                r["expires_at"],
+                r.get("last_used_at") or "never",
+                r["state"],
+            ]
+            for r in rows
+        ],
     )
 
 
@@ -112,7 +131,9 @@ def revoke(token_id: Annotated[str, typer.Argument(metavar="ID", help="Token ID 
     else:
         from deepops_infra.ledger import store
         from deepops_infra.server import identity
+        from deepops_infra.server.accounts import record_local
 
         with open_ledger(settings()).write() as session:
-            identity.revoke_token(session, token_id, store.now())
+            row = identity.revoke_token(session, token_id, store.now())
+            record_local(session, "tokens revoke", "revoke_token", token_id, f"of {row.user_name}")
     info(f"revoked {token_id}")

@@ -51,8 +51,9 @@ def check_role(role: str) -> str:
 
 
 def ensure_user(session: Session, name: str, team: str | None, role: str | None) -> ApiUser:
-    """The user, created when new (team and role required then); an existing user keeps theirs
-    unless a new team or role is given."""
+    """The user, created when new (team and role required then). An existing user is never changed
+    here: a different team or role is refused (`deepops users set-role`/`set-team` change them,
+    explicitly and audited), as is a disabled user (`deepops users enable`)."""
     check_label("user", name)
     user = session.get(ApiUser, name)
     if user is None:
@@ -63,10 +64,18 @@ def ensure_user(session: Session, name: str, team: str | None, role: str | None)
         session.add(user)
         session.flush()
         return user
-    if team is not None:
-        user.team = check_label("team", team)
-    if role is not None:
-        user.role = check_role(role)
+    if role is not None and check_role(role) != user.role:
+        raise UserError(
+            f"user {name!r} is a {user.role}; a token does not change roles: "
+            f"run `deepops users set-role {name} {role}` first"
+        )
+    if team is not None and check_label("team", team) != user.team:
+        raise UserError(
+            f"user {name!r} is in team {user.team}; a token does not change teams: "
+            f"run `deepops users set-team {name} {team}` first"
+        )
+    if user.disabled:
+        raise UserError(f"user {name!r} is disabled: run `deepops users enable {name}` first")
     return user
 
 
@@ -117,11 +126,12 @@ def caller_of(
     return Caller(name=user.name, team=user.team, role=user.role, token_id=token_id, expires_at=expires_at)
 
 
-def list_tokens(session: Session, user: str | None = None) -> list[ApiToken]:
-    query = select(ApiToken).order_by(ApiToken.created_at)
+def list_tokens(session: Session, user: str | None = None) -> list[tuple[ApiToken, ApiUser]]:
+    """Tokens (oldest first) with their users."""
+    query = select(ApiToken, ApiUser).join(ApiUser, ApiUser.name == ApiToken.user_name).order_by(ApiToken.created_at)
     if user is not None:
         query = query.where(ApiToken.user_name == user)
-    return list(session.scalars(query))
+    return [(t, u) for t, u in session.execute(query)]
 
 
 def revoke_token(session: Session, token_id: str, now: datetime) -> ApiToken:
@@ -133,14 +143,26 @@ def revoke_token(session: Session, token_id: str, now: datetime) -> ApiToken:
     return row
 
 
-def token_json(row: ApiToken, now: datetime) -> dict[str, object]:
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat().replace("+00:00", "Z") if at else None
+
+
+def token_json(row: ApiToken, now: datetime, user: ApiUser | None = None) -> dict[str, object]:
+    """A token as shown (never its secret); with its user, their role and team too, and the
+    state `disabled` when the user is (every token of theirs is refused then)."""
     state = "revoked" if row.revoked_at else ("expired" if row.expires_at <= now else "active")
-    return {
+    if state == "active" and user is not None and user.disabled:
+        state = "disabled"
+    out: dict[str, object] = {
         "id": row.id,
         "user": row.user_name,
         "label": row.label,
-        "created_at": row.created_at.isoformat().replace("+00:00", "Z"),
-        "expires_at": row.expires_at.isoformat().replace("+00:00", "Z"),
-        "revoked_at": row.revoked_at.isoformat().replace("+00:00", "Z") if row.revoked_at else None,
+        "created_at": _iso(row.created_at),
+        "expires_at": _iso(row.expires_at),
+        "revoked_at": _iso(row.revoked_at),
+        "last_used_at": _iso(row.last_used_at),
         "state": state,
     }
+    if user is not None:
+        out |= {"role": user.role, "team": user.team}
+    return out
