@@ -87,7 +87,10 @@ def cost(per_hour: Decimal, start: datetime, end: datetime) -> Decimal:
 
 
 def dollars(amount: Decimal) -> str:
-    return f"${amount.quantize(CENT, ROUND_HALF_UP)}" if amount >= CENT or amount == 0 else f"${amount:.4f}"
+    """An amount as people read it everywhere (deepops_infra/money.py)."""
+    from deepops_infra.money import money
+
+    return money(amount)
 
 
 def decimal_text(value: Decimal) -> str:
@@ -96,7 +99,7 @@ def decimal_text(value: Decimal) -> str:
 
 
 def price_text(per_hour: Decimal) -> str:
-    """`Decimal('0.050000')` -> `$0.05`: at least cents, never trailing zeros past them."""
-    text = format(per_hour.normalize(), "f")
-    whole, _, frac = text.partition(".")
-    return f"${whole}.{frac.ljust(2, '0')}"
+    """`Decimal('0.050000')` -> `$0.05`: at least cents, never trailing zeros past them (money.exact)."""
+    from deepops_infra.money import exact
+
+    return exact(per_hour)

@@ -167,7 +167,7 @@ def test_price_text(per_hour, text):
         ("3.074999", "$3.07"),
         ("80.5", "$80.50"),
         ("0.01", "$0.01"),
-        ("0.004", "$0.0040"),  # under a cent: shown, not rounded to $0.00
+        ("0.004", "$0.004"),  # under a cent: shown, not rounded to $0.00
         ("0", "$0.00"),
     ],
 )

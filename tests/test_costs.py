@@ -328,7 +328,7 @@ def test_cli_formats(deepops: Any, tmp_path: Any) -> None:
     csv_file = tmp_path / "oct.csv"
     deepops.run("cost", "--by", "machine", "--month", "2026-10", "--format", "csv", "-o", str(csv_file), check=True)
     lines = csv_file.read_text().splitlines()
-    assert lines[0].startswith("machine,cost,") and len(lines) == 5
+    assert lines[0].startswith("machine,name,owner,team,project,cost,") and len(lines) == 5  # whose machine
     table = deepops.run("cost", "--by", "team", "--month", "2026-10", check=True).stdout
     assert "$48.60" in table and "$71.18" in table and "TOTAL" in table and "$119.78" in table
 

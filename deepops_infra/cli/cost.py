@@ -36,6 +36,15 @@ Format = Annotated[str, typer.Option("--format", metavar="FORMAT", help="table, 
 Output = Annotated[
     Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write to this file instead of stdout.")
 ]
+Idle = Annotated[
+    str,
+    typer.Option(
+        "--idle",
+        metavar="HOW",
+        help="separate: each row's idle cost is its own machines' (default); share: all idle cost spread over "
+        "the rows in proportion to their active cost (like OpenCost's shareIdle).",
+    ),
+]
 FORMATS = ("table", "csv", "json", "html")
 
 
@@ -56,6 +65,7 @@ def cost(
     until: Until = None,
     fmt: Format = "table",
     output: Output = None,
+    idle: Idle = "separate",
 ) -> None:
     """Cost, GPU-hours, idle GPU-hours and idle cost, machines, and for running machines the
     burn rate and a forecast to the end of the month. Amounts in USD at the prices frozen at launch."""
@@ -64,16 +74,17 @@ def cost(
     if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
         from deepops_infra import client
 
-        return client.cost(by, month, since, until, fmt, output)
+        return client.cost(by, month, since, until, fmt, output, idle=idle)
     from datetime import UTC, datetime
 
     from deepops_infra.costs.period import Period
-    from deepops_infra.costs.report import validate_by
+    from deepops_infra.costs.report import validate_by, validate_idle
     from deepops_infra.errors import UserError
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     groups = validate_by(by or ["team"])
+    validate_idle(idle)
     period = Period.from_options(month, since, until, datetime.now(UTC))
     if output is not None and not output.parent.is_dir():
         raise UserError(f"-o {output}: the folder {output.parent} does not exist")
@@ -81,19 +92,22 @@ def cost(
     from deepops_infra.costs import render
     from deepops_infra.costs.report import build
 
-    ledger = open_ledger(settings(), create=False)
-    report = build(ledger, period, groups, details=fmt == "html")
+    s = settings()
+    ledger = open_ledger(s, create=False)
+    report = build(ledger, period, groups, details=fmt == "html", idle=idle)
     if fmt == "json":
         _write(render.to_json(report), output)
     elif fmt == "csv":
         _write(render.to_csv(report), output)
     elif fmt == "html":
+        from deepops_infra.costs import budgets as budget_mod
         from deepops_infra.costs.html import render_html
 
+        budget_mod.mark_budgets(report, budget_mod.load(s.config))
         _write(render_html(report), output)
     else:
         columns, rows = render.table_rows(report)
-        title = f"Costs {period.label} (UTC), USD at launch prices"
+        title = render.table_title(report)
         if output is not None:
             import io
 
@@ -121,30 +135,20 @@ def budgets(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Spend against the monthly budgets of teams and projects (config.yaml `budgets:`)."""
-    from datetime import UTC, datetime
+    from deepops_infra.cli.teammode import team_client
+    from deepops_infra.money import money as dollars
 
-    from deepops_infra.costs import budgets as budget_mod
-    from deepops_infra.costs.period import Period
-    from deepops_infra.pricing import dollars
+    server = team_client()
+    if server is not None:  # the server's ledger and budgets; it sends the alerts (its reaper)
+        report = server.budgets(month)
+    else:
+        from deepops_infra.service.budgets import budget_report
 
-    now = datetime.now(UTC)
-    period = Period.month(month) if month else Period.current_month(now)
-    s = settings()
-    config = budget_mod.load(s.config)
-    ledger = open_ledger(s, create=False)
-    statuses = budget_mod.status(ledger, config, period, now)
-    alerts = budget_mod.send_alerts(s, ledger, config, statuses) if alert and period.contains(now) else {}
-    sent = [key for key, a in alerts.items() if a.delivered]
+        s = settings()
+        report = budget_report(s, open_ledger(s, create=False), month, alert=alert)
+    statuses, alerts = report.budgets, report.alerts
     if json_out:
-        pending = [{"key": key, "error": a.error} for key, a in alerts.items() if not a.delivered]
-        print_json(
-            {
-                "month": period.label,
-                "budgets": [st.to_json() for st in statuses],
-                "alerts_sent": sent,
-                "alerts_not_delivered": pending,
-            }
-        )
+        print_json(report.to_json())
         return
     if not statuses:
         info("no budgets configured (config.yaml `budgets:` with `teams:` and/or `projects:`)")
@@ -161,7 +165,7 @@ def budgets(
         ]
         for st in statuses
     ]
-    print_table(["KIND", "NAME", "BUDGET", "SPENT", "USED", "FORECAST", "STATE"], rows, title=f"Budgets {period.label}")
+    print_table(["KIND", "NAME", "BUDGET", "SPENT", "USED", "FORECAST", "STATE"], rows, title=f"Budgets {report.month}")
     for key, a in alerts.items():
         if a.delivered:
             info(f"alert sent: {key}")
@@ -186,7 +190,7 @@ def reconcile(
     from deepops_infra.costs.period import Period
     from deepops_infra.costs.reconcile import SOURCES, compare, source_for
     from deepops_infra.errors import UserError
-    from deepops_infra.pricing import dollars
+    from deepops_infra.money import money as dollars
 
     if cloud not in SOURCES:
         raise UserError(f"--cloud {cloud!r}: use one of {', '.join(SOURCES)}")

@@ -249,3 +249,14 @@ def over_budget_teams(settings: Settings, ledger: Any, now: datetime, alert: boo
         for st in statuses
         if st.kind == "team" and st.name in stopping and st.spent >= st.budget
     }
+
+
+def mark_budgets(report: Any, config: BudgetConfig) -> None:
+    """Give a report of one whole calendar month its monthly budgets, so that rows over theirs are
+    highlighted (Report.over_budget); a report of any other period gets none."""
+    from deepops_infra.costs.period import month_start, next_month
+
+    start = report.period.start
+    if start != month_start(start) or report.period.end != next_month(start):
+        return
+    report.budgets = {(b.kind, b.name): b.monthly for b in config.budgets}

@@ -68,6 +68,9 @@ DIMENSIONS = {
     "gpu": func.coalesce(Machine.accelerator, "none"),
     "machine": Machine.id,
 }
+# Columns a report may carry beside its groups (a machine's name next to its ID): not groups of their own.
+LABELS = {"name": func.coalesce(Machine.name, "")}
+COLUMNS = DIMENSIONS | LABELS
 
 
 @dataclass(frozen=True)
@@ -323,7 +326,7 @@ _SUMS = ("cost_micro", "gpu_us", "idle_micro", "idle_gpu_us", "machines", "runni
 def _closed(window: Window, by: Sequence[str], team: str | None) -> Any:
     """Per group: the closed totals of the machines wholly inside the window, read from their rows."""
     zero = _big(0)
-    keys = [DIMENSIONS[name].label(name) for name in by]
+    keys = [COLUMNS[name].label(name) for name in by]
     query = (
         select(
             *keys,
@@ -353,7 +356,7 @@ def _added_up(dialect: str, window: Window, by: Sequence[str], parts: list[Any])
         proj = case((pm.open == 1, micro_cost(pm.burn_micro, ahead)), else_=0)
     else:
         proj = literal(0, BigInteger)
-    keys = [DIMENSIONS[name].label(name) for name in by]
+    keys = [COLUMNS[name].label(name) for name in by]
     return (
         select(
             *keys,

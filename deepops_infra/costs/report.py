@@ -1,7 +1,7 @@
 """Cost reports: what each group of machines cost in a period, with idle waste and forecasts."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -12,6 +12,9 @@ from deepops_infra.errors import UserError
 from deepops_infra.ledger.db import Ledger
 
 MICRO = Decimal("0.000001")
+IDLE_MODES = ("separate", "share")
+# What a `--by machine` row carries besides its ID, so that a reader knows whose machine it was.
+MACHINE_LABELS = ("name", "owner", "team", "project")
 
 
 def dollars_of(micro: int | None) -> Decimal:
@@ -75,7 +78,22 @@ class Report:
     forecast_to: datetime | None  # end of the month running machines are projected to; None: past period
     series: list[tuple[datetime, dict[str, Decimal]]] = field(default_factory=list)  # per day, per team
     top_machines: list[dict[str, Any]] = field(default_factory=list)
-    idle_by_team: list[Row] = field(default_factory=list)
+    idle_by_team: list[Row] = field(default_factory=list)  # each team's own idle, whatever `idle` says
+    labels: list[str] = field(default_factory=list)  # columns the rows carry besides `by` (MACHINE_LABELS)
+    idle: str = "separate"  # IDLE_MODES: idle cost in the rows that idled, or shared (share_idle)
+    budgets: dict[tuple[str, str], Decimal] = field(default_factory=dict)  # (team|project, name): monthly
+
+    @property
+    def columns(self) -> list[str]:
+        """The key columns of every row: the groups, then their labels."""
+        return [*self.by, *self.labels]
+
+    def over_budget(self, row: Row) -> Decimal | None:
+        """The monthly budget a row has reached, when the report is one month by team or by project."""
+        if len(self.by) != 1 or self.by[0] not in ("team", "project"):
+            return None
+        budget = self.budgets.get((self.by[0], row.keys.get(self.by[0], "")))
+        return budget if budget is not None and row.cost >= budget else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +105,8 @@ class Report:
             "generated_at": self.generated_at.isoformat(),
             "currency": "USD",
             "by": self.by,
+            "labels": self.labels,
+            "idle": self.idle,
             "forecast_to": self.forecast_to.isoformat() if self.forecast_to else None,
             "rows": [row_json(r, self.forecast_to is not None) for r in self.rows],
             "total": row_json(self.total, self.forecast_to is not None),
@@ -123,6 +143,34 @@ def _row(keys: dict[str, str], r: Any) -> Row:
     )
 
 
+def validate_idle(idle: str | None) -> str:
+    if idle is None:
+        return "separate"
+    if idle not in IDLE_MODES:
+        raise UserError(f"--idle {idle!r}: use separate (each row's own idle cost) or share (spread over all rows)")
+    return idle
+
+
+def share_idle(rows: list[Row]) -> None:
+    """Spread the rows' idle cost over them in proportion to their active (non-idle) cost, as
+    OpenCost's shareIdle does: each row's cost becomes its active cost plus its share, and its idle
+    cost the share. Shares are whole micro-dollars (largest remainder), so the total is unchanged.
+    Idle GPU-hours stay with the machines that idled. With no active cost at all nothing moves."""
+    pool = sum(r.idle_micro for r in rows)
+    active = [r.cost_micro - r.idle_micro for r in rows]
+    base = sum(active)
+    if not pool or base <= 0:
+        return
+    shares = [pool * a // base for a in active]
+    left = pool - sum(shares)
+    order = sorted(range(len(rows)), key=lambda i: (-(pool * active[i] % base), i))
+    for i in order[:left]:
+        shares[i] += 1
+    for row, own_active, share in zip(rows, active, shares, strict=True):
+        row.cost_micro = own_active + share
+        row.idle_micro = share
+
+
 def validate_by(by: Sequence[str]) -> list[str]:
     out: list[str] = []
     for item in by:
@@ -157,22 +205,28 @@ def build(
     *,
     details: bool = False,
     top: int = 10,
+    idle: str = "separate",
 ) -> Report:
-    """Aggregate the ledger for a period; `details` adds what the HTML report charts."""
+    """Aggregate the ledger for a period; `details` adds what the HTML report charts; `idle`:
+    IDLE_MODES (see share_idle)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
     by = list(by)
+    labels = [name for name in MACHINE_LABELS if "machine" in by and name not in by]
+    columns = [*by, *labels]
     window, forecast_to = _window(period, now)
     dialect = ledger.dialect
     with ledger.read() as session:
-        result = query.aggregate(session, dialect, window, by)
-        rows = [_row({name: str(getattr(r, name)) for name in by}, r) for r in result]
-        rows.sort(key=lambda r: (-r.cost_micro, *r.keys.values()))
+        result = query.aggregate(session, dialect, window, columns)
+        rows = [_row({name: str(getattr(r, name)) for name in columns}, r) for r in result]
         total = Row(keys={})
         for row in rows:
             total.add(row)
-        report = Report(period, by, now, rows, total, forecast_to)
+        report = Report(period, by, now, rows, total, forecast_to, labels=labels, idle=validate_idle(idle))
         if details:
             _details(session, dialect, report, window, top)
+    if report.idle == "share":
+        share_idle(rows)
+    rows.sort(key=lambda r: (-r.cost_micro, *r.keys.values()))
     return report
 
 
@@ -218,7 +272,7 @@ def _details(session: Any, dialect: str, report: Report, window: query.Window, t
                 }
             )
     if report.by == ["team"]:
-        report.idle_by_team = sorted(report.rows, key=lambda r: -r.idle_micro)
+        report.idle_by_team = sorted((replace(r) for r in report.rows), key=lambda r: -r.idle_micro)
         return
     idle = [_row({"team": str(r.team)}, r) for r in query.aggregate(session, dialect, window, ["team"])]
     report.idle_by_team = sorted(idle, key=lambda r: -r.idle_micro)
