@@ -205,3 +205,12 @@ def cloud_lock_pins(name: str, directory: Path | None = None) -> dict[str, dict[
     from deepops_infra.providers.cloudimages import image_pins
 
     return image_pins(name, directory)
+
+
+def check_cloud_locks(directory: Path | None = None) -> None:
+    """Read every cloud lock, offline: a FileError (exit 2) for a pin that is not immutable or whose
+    recorded driver/CUDA contradicts its image definition."""
+    from deepops_infra.providers.cloudimages import load_lock, lock_clouds
+
+    for cloud in lock_clouds(directory):
+        load_lock(cloud, directory)

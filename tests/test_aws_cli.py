@@ -14,7 +14,7 @@ def test_dry_run_prints_the_plan_with_hand_checked_prices(sqlite_deepops: Any) -
         "--cloud",
         "aws",
         "--image",
-        "pytorch",
+        "cpu-minimal",
         "--ttl",
         "8h",
         "--dry-run",
@@ -95,7 +95,7 @@ def test_doctor_reports_the_pulumi_cli_and_aws_credentials(sqlite_deepops: Any, 
     by = {(r["target"], r["check"]): r for r in rows}
     assert not by[("clouds", "pulumi CLI")]["ok"] and "get.pulumi.com" in by[("clouds", "pulumi CLI")]["detail"]
     assert not by[("aws", "credentials")]["ok"] and "no AWS credentials" in by[("aws", "credentials")]["detail"]
-    assert "pytorch: us-east-1, us-west-2" in by[("aws", "image pins")]["detail"]
+    assert "cpu-minimal: eu-west-1, us-east-1, us-west-2; pytorch: unavailable" in by[("aws", "image pins")]["detail"]
     env.update(AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY="secret")
     rows = json.loads(sqlite_deepops.run("doctor", "--json").stdout)
     creds = next(r for r in rows if (r["target"], r["check"]) == ("aws", "credentials"))

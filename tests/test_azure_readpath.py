@@ -139,4 +139,4 @@ def test_the_lock_refuses_latest_and_reads_the_shipped_pins() -> None:
     assert images.problem(gallery) is None
     assert images.image_reference(gallery) == {"id": gallery}
     assert images.image_reference("a:b:c:1.2.3") == {"publisher": "a", "offer": "b", "sku": "c", "version": "1.2.3"}
-    assert images.pin_for("pytorch", "eastus") == "microsoft-dsvm:ubuntu-hpc:2204:22.04.2025052101"
+    assert images.pin_for("cpu-minimal", "eastus") == "microsoft-dsvm:ubuntu-hpc:2204:22.04.2025052101"

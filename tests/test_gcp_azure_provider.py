@@ -24,7 +24,7 @@ def machine(cloud: str, region: str, instance_type: str, accelerator: str, count
         id="m-0a1b2c3d",
         cloud=cloud,
         region=region,
-        image="pytorch",
+        image="cpu-minimal",
         image_pin=pin,
         owner="ada",
         team="vision",
@@ -51,7 +51,7 @@ def test_gcp_config_runs_the_program(tmp_path: Path) -> None:
         "gcp",
         "gcp:\n  project: gpu-lab\n  ssh_cidr: 198.51.100.0/24\n  zones: {us-central1: us-central1-c}\n",
     )
-    pin = p.pin_for("pytorch", "us-central1")
+    pin = p.pin_for("cpu-minimal", "us-central1")
     config = p.stack_config(machine("gcp", "us-central1", "n1-standard-8", "T4", 1, pin, spot=True))
     assert config["zone"] == "us-central1-c" and config["guestAccelerator"] == "nvidia-tesla-t4"
     assert config["maxRunSeconds"] == 7 * 86400 + 3600  # default max_ttl 7 days + the grace hour
@@ -84,7 +84,7 @@ def test_azure_config_runs_the_program(tmp_path: Path) -> None:
         "azure",
         "azure:\n  subscription_id: 00000000-0000-0000-0000-000000000001\n  ssh_cidr: 198.51.100.7/32\n",
     )
-    pin = p.pin_for("pytorch", "eastus")
+    pin = p.pin_for("cpu-minimal", "eastus")
     config = p.stack_config(machine("azure", "eastus", "Standard_NC24ads_A100_v4", "A100-80GB", 1, pin, spot=True))
     assert config["imageReference"] == {
         "publisher": "microsoft-dsvm",

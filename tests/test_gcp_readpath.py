@@ -170,6 +170,6 @@ def test_the_lock_refuses_families_and_non_links() -> None:
         is None
     )
     assert images.pin_for(
-        "pytorch",
+        "cpu-minimal",
         "us-central1",
     ).endswith("common-cu124-v20250325-ubuntu-2204-py310")

@@ -290,9 +290,8 @@ def test_bake_record_writes_the_ids_into_the_locks(tmp_path):
     header = "".join(line + "\n" for line in before.splitlines() if line.startswith("#"))
     assert after.startswith(header)
     pins = cloud_lock_pins("pytorch", folder)
-    assert pins["aws"] == {
+    assert pins["aws"] == {  # pytorch was unavailable on AWS: the bake made it available, in its regions
         "us-east-1": "ami-0123456789abcdef0",
-        "us-west-2": "ami-0d2e6a7ac9b1f3c55",
         "eu-west-1": "ami-0fedcba9876543210",
     }
     assert pins["gcp"] == {"global": "projects/ml-images/global/images/deepops-pytorch-20261121"}
@@ -302,7 +301,8 @@ def test_bake_record_writes_the_ids_into_the_locks(tmp_path):
 
     entry = load_pins(folder)["pytorch"]
     assert entry.regions["eu-west-1"] == "ami-0fedcba9876543210" and entry.ssh_user == "ubuntu"
-    assert entry.source.startswith("Deep Learning Base OSS Nvidia Driver GPU AMI")
+    # The bake installed the image's own driver and CUDA, and the lock records them.
+    assert (entry.driver, entry.cuda, entry.unavailable) == ("580.95.05", "13.0.2", "")
 
 
 def test_bake_record_refuses_what_is_not_an_image_id(tmp_path):

@@ -106,7 +106,9 @@ def _price(text: str, column: str) -> Decimal | None:
 def _row(row: dict[str, str]) -> Offering:
     if None in row or any(value is None for value in row.values()):
         raise ValueError(f"expected {len(COLUMNS)} columns")
-    memory = Decimal(row["memory_gib"])
+    # An empty GPU count, vCPUs or memory loads as 0 (such an offer never matches a request) so that
+    # `deepops catalog check` can name it rather than the load stopping at the first one.
+    memory = Decimal(row["memory_gib"] or 0)
     if not memory.is_finite() or memory < 0:
         raise ValueError(f"memory_gib {row['memory_gib']!r} must be a finite number >= 0")
     return Offering(
@@ -114,8 +116,8 @@ def _row(row: dict[str, str]) -> Offering:
         region=row["region"],
         instance_type=row["instance_type"],
         accelerator=canonical_accelerator(row["accelerator"]),
-        accelerator_count=int(row["accelerator_count"]),
-        vcpus=int(row["vcpus"]),
+        accelerator_count=int(row["accelerator_count"] or 0),
+        vcpus=int(row["vcpus"] or 0),
         memory_gib=memory,
         price_per_hour=_price(row["price_per_hour"], "price_per_hour"),
         spot_price_per_hour=_price(row["spot_price_per_hour"], "spot_price_per_hour"),

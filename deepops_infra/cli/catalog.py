@@ -58,6 +58,69 @@ def refresh(
     info(f"{len(offers)} AWS offerings in {len(regions)} regions written to {path}")
 
 
+@app.command("check")
+def check(
+    factor: Annotated[
+        str, typer.Option("--factor", help="Most a shape's $/GPU-hour may differ across one cloud's regions.")
+    ] = "1.5",
+    file: Annotated[
+        str | None, typer.Option("--file", help="Check this catalog file instead of the catalog in use.")
+    ] = None,
+    accepted: Annotated[
+        str | None, typer.Option("--accepted", help="Accepted exceptions file (default: the shipped one).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Flag prices and shapes that cannot be right; exit 1 when a finding is not an accepted exception.
+
+    Checks: a shape's on-demand $/GPU-hour spread across one cloud's regions above --factor, spot
+    above on-demand, an offer without GPU count, vCPUs or memory. Accepted exceptions name their source."""
+    from decimal import Decimal, InvalidOperation
+    from pathlib import Path
+
+    from deepops_infra.catalog import load_catalog, read_catalog
+    from deepops_infra.catalog.check import ACCEPTED, check, read_accepted
+    from deepops_infra.errors import UserError
+
+    try:
+        limit = Decimal(factor)
+    except InvalidOperation:
+        limit = Decimal("NaN")
+    if not limit.is_finite() or limit < 1:
+        raise UserError(f"--factor {factor!r}: give a number of 1 or more, e.g. --factor 1.5")
+    for option, path in (("--file", file), ("--accepted", accepted)):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{option} {path}: no such file")
+    offers = read_catalog(Path(file)) if file else load_catalog(settings().home)
+    try:
+        exceptions = read_accepted(Path(accepted) if accepted else ACCEPTED)
+    except ValueError as exc:
+        raise UserError(f"{exc}; fix the accepted exceptions file") from None
+    findings = check(offers, limit, exceptions)
+    failed = [f for f in findings if not f.accepted]
+    if json_out:
+        print_json([f.to_json() for f in findings])
+    elif findings:
+        print_table(
+            ["CHECK", "CLOUD", "REGION", "INSTANCE TYPE", "GPUS", "DETAIL", "ACCEPTED"],
+            [
+                [
+                    f.check,
+                    f.cloud,
+                    f.region or "-",
+                    f.instance_type,
+                    str(f.accelerator_count),
+                    f.detail,
+                    f.accepted or "NO",
+                ]
+                for f in findings
+            ],
+        )
+    info(f"{len(offers)} offerings checked: {len(failed)} to fix, {len(findings) - len(failed)} accepted exception(s)")
+    if failed:
+        raise typer.Exit(1)
+
+
 def gpus(
     cloud: Annotated[str | None, typer.Option("--cloud", help="Only this cloud (aws, gcp, azure).")] = None,
     region: Annotated[str | None, typer.Option("--region", help="Only this region.")] = None,
@@ -69,9 +132,11 @@ def gpus(
     """GPU offerings with their on-demand and spot prices per hour, cheapest first."""
     from deepops_infra.accelerators import ACCELERATORS, canonical_model, model_allows
     from deepops_infra.catalog import load_catalog
+    from deepops_infra.cli.teammode import team_client
     from deepops_infra.errors import UserError
 
-    offers = load_catalog(settings().home)
+    server = team_client()  # team mode: the server's catalog
+    offers = server.offers() if server is not None else load_catalog(settings().home)
     if cloud is not None:
         if cloud not in {o.cloud for o in offers}:
             raise UserError(

@@ -129,9 +129,17 @@ def verify(
     On-prem: each lock file's sha256 against the pin in its image file. Clouds: each baked ID
     through that cloud's provider (exists, available, not deprecated)."""
     from deepops_infra.errors import UserError
-    from deepops_infra.images import CLOUD_PIN_HOOK, cloud_pin_verifier, get_image, load_images, verify_onprem_lock
+    from deepops_infra.images import (
+        CLOUD_PIN_HOOK,
+        check_cloud_locks,
+        cloud_pin_verifier,
+        get_image,
+        load_images,
+        verify_onprem_lock,
+    )
 
     images = [get_image(image)] if image else list(load_images().values())
+    check_cloud_locks()  # offline first: a pin contradicting its image's driver/CUDA is refused (exit 2)
     if cloud == "onprem":
         rows = []
         for img in images:

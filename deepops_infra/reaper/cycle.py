@@ -26,6 +26,7 @@ machine exactly once. Every action is an event with its reason.
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -117,6 +118,19 @@ class Report:
     errors: list[str] = field(default_factory=list)
     capped: str | None = None
 
+    def summary(self) -> str:
+        """The cycle as one log line (logfmt), the same from `deepops reap` and the server's loop."""
+
+        def counts(values: Iterable[str]) -> str:
+            return ",".join(f"{k}:{n}" for k, n in sorted(Counter(values).items())) or "-"
+
+        return (
+            f"reaper cycle dry_run={'yes' if self.dry_run else 'no'} duration_s={self.duration_seconds:.3f} "
+            f"machines={sum(self.machines_by_state.values())} actions={len(self.actions)} "
+            f"by_reason={counts(a.reason for a in self.actions)} by_outcome={counts(a.outcome for a in self.actions)} "
+            f"errors={len(self.errors)} capped={'yes' if self.capped else 'no'}"
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "started_at": _iso(self.started_at),
@@ -165,13 +179,17 @@ class Reaper:
             self._providers[cloud] = get_provider(cloud, self.settings, self.ledger)
         return self._providers[cloud]
 
-    def clouds(self, live: list[Machine]) -> list[str]:
+    def clouds(self, live: Iterable[str]) -> list[str]:
+        """The targets to list: the configured ones and those of the live machines (`live`: their clouds)."""
         if self.fixed:
             return sorted(self._providers)
         from deepops_infra.providers import PROVIDERS
 
-        wanted = {"onprem", *self.rs.clouds, *(m.cloud for m in live)}
+        wanted = {"onprem", *self.rs.clouds, *live}
         wanted |= {c for c in PROVIDERS if c in self.settings.config.sections}
+        from deepops_infra.pool_clusters import cluster_targets
+
+        wanted |= cluster_targets(self.settings.pool_path)  # the pool's clusters: their jobs are listed too
         return sorted(wanted)
 
     # -- the cycle ----------------------------------------------------------------------------
@@ -182,7 +200,7 @@ class Reaper:
         report = Report(started_at=now, dry_run=dry_run)
         with self.ledger.write() as session:
             report.installation_id = installation = store.installation_id(session)
-            clouds = self.clouds(store.list_machines(session))
+            clouds = self.clouds(session.scalars(select(Machine.cloud).where(Machine.ended_at.is_(None)).distinct()))
         found: dict[str, list[Resource]] = {}
         leftovers: list[Resource] = []
         for cloud in clouds:
@@ -224,8 +242,9 @@ class Reaper:
                 continue
             to_evaluate.append(item)
         self._read_utilization(to_evaluate, now, report)
+        config = self.settings.config  # once per cycle: reading it checks policy.yaml for changes
         for item in to_evaluate:
-            actions += self._evaluate(item, now, dry_run, report)
+            actions += self._evaluate(item, now, dry_run, report, config.policy_for(item.machine.team))
         self._cap(actions, len(live) + sum(1 for a in actions if a.kind == "terminate-orphan"), report)
         for action in actions:
             if action.outcome == "capped":
@@ -484,15 +503,13 @@ class Reaper:
                 if item.utilization is not None and item.utilization.error:
                     report.errors.append(f"{item.machine.id}: utilization: {item.utilization.error}")
 
-    def _evaluate(self, item: _Live, now: datetime, dry_run: bool, report: Report) -> list[Action]:
+    def _evaluate(self, item: _Live, now: datetime, dry_run: bool, report: Report, policy: Any) -> list[Action]:
         m = item.machine
-        provider = self.provider(m.cloud)
         if m.status in LIVE_STATES and item.utilization is not None:
             item.samples.append(self._sample_tuple(item, now))
             if not dry_run:
                 self._store_sample(item, now)
-                self._checkin(provider, item, report)
-        policy = self.settings.config.policy_for(m.team)
+                self._checkin(self.provider(m.cloud), item, report)
         due = evaluate(item.facts, item.utilization, item.samples, now, policy, self.rs)
         return self._decide(item, due, now, report)
 

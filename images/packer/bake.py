@@ -7,7 +7,8 @@
 cloud and region from the image's `bases:`, its lock hash, and the roles' variables (a second
 file next to it, passed to Ansible as @file). `record` reads Packer's manifest post-processor
 output and writes each baked ID into images/<cloud>.lock.yaml under `images.NAME.regions.REGION`,
-keeping every other entry and field (and the file's leading comment) as they were.
+with the driver and CUDA the bake installed (`driver:`, `cuda:` from the image's `gpu:`; an
+`unavailable:` note goes), keeping every other entry and field (and the leading comment) as they were.
 """
 
 import argparse
@@ -111,8 +112,16 @@ def record(manifest_path: Path, images_dir: Path) -> list[tuple[str, str, str, s
         data = yaml.safe_load(text) if text else None
         data = data if isinstance(data, dict) else {}
         images = data.setdefault("images", {})
+        definitions = load_images(images_dir)
         for _, image, region, ident in (f for f in found if f[0] == cloud):
-            images.setdefault(image, {}).setdefault("regions", {})[region] = ident
+            entry = images.setdefault(image, {})
+            entry.pop("unavailable", None)  # a matching pin now exists
+            gpu = definitions[image].gpu if image in definitions else None
+            if gpu is not None:  # baked with the image's own roles: its driver and CUDA
+                entry.update(driver=gpu.driver_version, cuda=gpu.cuda)
+            if not isinstance(entry.get("regions"), dict):
+                entry["regions"] = {}
+            entry["regions"][region] = ident
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
         tmp.replace(path)

@@ -8,6 +8,8 @@ A report, not a test: it always exits 0. Run from the repository root with the p
 2. `deepops ls --json` and `deepops ls --all --json` on a ledger of 1,000 machines seeded with the
    package's own code (half ended, half running); SQLite always, PostgreSQL too when
    DEEPOPS_BENCH_PG_URL is set (a database is created for the run and dropped at the end).
+   Then `deepops ls --all` and `deepops gpus` as tables against the same lists as JSON (runs
+   interleaved; wall and CPU medians and their ratios; goal: a table <= 1.3x its JSON).
 3. `deepops up --cloud onprem --gpus 0` + `deepops down` against the same three playbooks run
    directly with ansible-playbook, with the same extra vars and Ansible environment.
 
@@ -50,9 +52,11 @@ sys.path.insert(0, str(ROOT))  # the package from this checkout, even when run f
 GOAL_HELP_S = 0.15
 GOAL_LS_S = 0.30
 GOAL_ONPREM_RATIO = 1.2
+GOAL_TABLE_RATIO = 1.3  # a table costs no more than 1.3x the same list as JSON
 LEDGER_MACHINES = 1000
 VERBOSE = False  # --verbose: tracebacks of failed benchmarks
 PYCACHE_PREFIX: Path | None = None  # where child processes cache bytecode (None: as the caller's environment says)
+TABLE_ROWS: list[list[str]] = []  # table against JSON, filled by bench_ls_sqlite
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -404,13 +408,78 @@ def time_ls(
     return figures, rows
 
 
+def cpu_timed(argv: Sequence[str | Path], env: dict[str, str], what: str) -> tuple[float, float, str]:
+    """Wall time, CPU time (user + system of the child) and stdout of one run: CPU time is the
+    steadier figure on a shared machine, where waiting for a core inflates wall time."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, out = run_timed(argv, env, what)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), out
+
+
+def time_table_vs_json(
+    label: str, argv: list[str | Path], env: dict[str, str], runs: int, expected: int
+) -> tuple[list[Figure], list[list[str]]]:
+    """The same list as a table and as JSON, runs interleaved so that load drift hits both alike."""
+    checks = {
+        "json": lambda out: len(json.loads(out)),
+        "table": lambda out: len(out.splitlines()) - 1,  # the header line
+    }
+    samples: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in checks}
+    got: dict[str, int] = {}
+    for i in range(runs + 1):  # the first round is an unmeasured warm-up and the correctness check
+        for kind, count in checks.items():
+            wall, cpu, out = cpu_timed([*argv, *(["--json"] if kind == "json" else [])], env, f"{label} ({kind})")
+            if i == 0:
+                got[kind] = count(out)
+            else:
+                samples[kind][0].append(wall)
+                samples[kind][1].append(cpu)
+    wall = {k: statistics.median(v[0]) for k, v in samples.items()}
+    cpu = {k: statistics.median(v[1]) for k, v in samples.items()}
+    ok = all(n == expected for n in got.values())
+    note = "" if ok else f"listed {got}, expected {expected}"
+    rows = [
+        [f"{label} ({kind})", str(runs), f"{wall[kind]:.3f}", f"{cpu[kind]:.3f}", str(got[kind])] for kind in checks
+    ]
+    figures = [
+        Figure(f"{label} table median (wall)", wall["table"] if ok else None, "s", note=note),
+        Figure(f"{label} --json median (wall)", wall["json"] if ok else None, "s", note=note),
+        Figure(f"{label} table / --json (wall)", wall["table"] / wall["json"] if ok else None, "x", GOAL_TABLE_RATIO),
+        Figure(
+            f"{label} table / --json (CPU)",
+            cpu["table"] / cpu["json"] if ok else None,
+            "x",
+            GOAL_TABLE_RATIO,
+            note=f"CPU medians {cpu['table']:.3f} s / {cpu['json']:.3f} s",
+        ),
+    ]
+    return figures, rows
+
+
+def bench_tables(home: Path, env: dict[str, str], runs: int, total: int) -> tuple[list[Figure], list[list[str]]]:
+    """`deepops ls --all` and `deepops gpus`: a table against the same list as JSON."""
+    from deepops_infra.catalog import load_catalog
+
+    figures, rows = time_table_vs_json(f"ls --all ({total} machines)", [DEEPOPS, "ls", "--all"], env, runs, total)
+    offers = len(load_catalog(home))
+    figs, more = time_table_vs_json(f"gpus ({offers} offers)", [DEEPOPS, "gpus"], env, runs, offers)
+    return figures + figs, rows + more
+
+
 def bench_ls_sqlite(runs: int) -> tuple[list[Figure], list[list[str]]]:
     with temp_dir("bench-ls-") as home:
         log(f"seeding {LEDGER_MACHINES} machines into a SQLite ledger")
         start = time.perf_counter()
         running, total = seed_ledger(f"sqlite:///{home / 'ledger.db'}")
         log(f"seeded in {time.perf_counter() - start:.2f} s")
-        return time_ls(base_env(home), runs, running, total, "sqlite")
+        figures, rows = time_ls(base_env(home), runs, running, total, "sqlite")
+        figs, table_rows = bench_tables(home, base_env(home), runs, total)
+        global TABLE_ROWS
+        TABLE_ROWS = table_rows
+        return figures + figs, rows
 
 
 def _pg_urls(url: str, database: str) -> tuple[str, str]:
@@ -660,6 +729,9 @@ def report(args: argparse.Namespace) -> int:
             log("DEEPOPS_BENCH_PG_URL is not set: skipping the PostgreSQL ledger")
         headers = [*timed_headers[:4], "list length"]
         sections.append((f"2. ls on {LEDGER_MACHINES} machines", headers, ls_rows))
+        sections.append(
+            ("2b. tables against JSON (sqlite)", ["command", "runs", "median s", "CPU median s", "rows"], TABLE_ROWS)
+        )
     if "onprem" in selected:
 
         def onprem() -> tuple[list[Figure], list[list[str]]]:

@@ -1,10 +1,13 @@
 """Reaper benchmarks. A report, not a test: it prints figures and always exits 0.
 
-    .venv/bin/python tests/benchmarks/bench_reaper.py [--instances 10000] [--managed 200] [--skip-lease]
+    .venv/bin/python tests/benchmarks/bench_reaper.py [--instances 10000] [--managed 9000] [--skip-lease]
+        [--profile FILE]
 
 1. A dry-run reaper cycle over N instances in a moto server (its own process, so the CPU time
    is the reaper's) across two regions, through the real AWS provider: wall time, CPU time and
-   API calls by operation. Discovery is paginated (100 per page) and filtered server-side, so
+   API calls by operation, next to the bare boto3 listing of the same instances (the same
+   paginated, filtered DescribeInstances; goal: the cycle's CPU <= 1.2x the listing's).
+   Discovery is paginated (100 per page) and filtered server-side, so
    DescribeInstances calls grow with pages, not instances; `--managed` of them have live ledger
    rows, whose utilization the provider reads from CloudWatch (calls per machine), the rest are
    orphans with no ledger row (planned marks: mark-then-act, removed a later cycle).
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+GOAL_CPU_RATIO = 1.2  # a dry-run cycle's CPU time against the bare listing of the same instances
 VENV_BIN = ROOT / ".venv" / "bin"
 sys.path.insert(0, str(ROOT))
 
@@ -69,7 +73,30 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bench_aws_dry_run(instances: int, managed: int, regions: tuple[str, ...]) -> dict[str, Any]:
+def bare_listing(clients: Any, regions: tuple[str, ...], installation: str) -> tuple[float, float, int]:
+    """The floor: the same paginated, filtered DescribeInstances the reaper sends, through the same
+    boto3 clients, reading each instance's ID, state and tags and nothing else (wall, CPU, count)."""
+    from deepops_infra.providers.aws.readpath import LIVE_STATES, PAGE_SIZE
+
+    filters = [
+        {"Name": "tag:deepops-managed", "Values": ["true"]},
+        {"Name": "tag:deepops-installation", "Values": [installation]},
+        {"Name": "instance-state-name", "Values": LIVE_STATES},
+    ]
+    wall0, cpu0 = time.monotonic(), cpu_seconds()
+    seen = 0
+    for region in regions:
+        pages = clients.ec2(region).get_paginator("describe_instances")
+        for page in pages.paginate(Filters=filters, PaginationConfig={"PageSize": PAGE_SIZE}):
+            for reservation in page.get("Reservations", []):
+                for inst in reservation.get("Instances", []):
+                    seen += bool((inst["InstanceId"], inst["State"]["Name"], inst.get("Tags")))
+    return time.monotonic() - wall0, cpu_seconds() - cpu0, seen
+
+
+def bench_aws_dry_run(
+    instances: int, managed: int, regions: tuple[str, ...], profile: str | None = None
+) -> dict[str, Any]:
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
     os.environ.pop("AWS_PROFILE", None)
     port = free_port()
@@ -105,7 +132,9 @@ def bench_aws_dry_run(instances: int, managed: int, regions: tuple[str, ...]) ->
         ledger = Ledger(f"sqlite:///{home / 'ledger.db'}")
         with ledger.write() as session:
             inst = store.installation_id(session)
-        clients = Clients(AwsSettings(endpoint_url=endpoint, regions=regions))
+        # moto filters every page over all instances in Python: give it the time real EC2 does not
+        # need. Otherwise the provider's own clients, as configured (retries, validation), are measured.
+        clients = Clients(AwsSettings(endpoint_url=endpoint, regions=regions, read_timeout=900))
         t0 = time.monotonic()
         per_region = instances // len(regions)
         machine_rows: list[tuple[str, str, str]] = []
@@ -155,17 +184,6 @@ def bench_aws_dry_run(instances: int, managed: int, regions: tuple[str, ...]) ->
                     )
                 )
         calls: Counter[str] = Counter()
-        # moto filters every page over all instances in Python: give it the time real EC2 does not need
-        # (the provider's own clients time out after 60 s and retry).
-        import boto3
-        from botocore.config import Config
-
-        slow = Config(read_timeout=900, retries={"mode": "standard", "max_attempts": 1})
-        for region in regions:
-            for service in ("ec2", "cloudwatch"):
-                clients._cache[(service, region)] = boto3.client(
-                    service, region_name=region, endpoint_url=endpoint, config=slow
-                )
         provider = AwsProvider(settings, ledger, clients=clients)
         for region in regions:
             for client in (clients.ec2(region), clients.cloudwatch(region)):
@@ -173,19 +191,47 @@ def bench_aws_dry_run(instances: int, managed: int, regions: tuple[str, ...]) ->
                     "before-call.*.*",
                     lambda model, **_: calls.update([model.service_model.service_name + ":" + model.name]),
                 )
+        bare_wall, bare_cpu, listed = bare_listing(clients, regions, inst)
+        calls.clear()  # the cycle's own calls only
         reaper = Reaper(settings, ledger, {"aws": provider})
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)  # CPU time: waits for the mock server are not the reaper's
+            profiler.enable()
         wall0, cpu0 = time.monotonic(), cpu_seconds()
         report = reaper.run(dry_run=True)
         wall, cpu = time.monotonic() - wall0, cpu_seconds() - cpu0
+        # A second cycle, as a reaper service runs them: its clients and their service models are
+        # loaded (the first cycle pays for the CloudWatch client the bare listing does not need).
+        first_calls = dict(calls)
+        cpu1 = cpu_seconds()
+        reaper.run(dry_run=True)
+        again = cpu_seconds() - cpu1
+        if profiler is not None:
+            import pstats
+
+            profiler.disable()
+            profiler.dump_stats(profile)
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)  # both cycles
         kinds = Counter((a.kind, a.outcome) for a in report.actions)
         return {
             "instances": instances,
             "regions": list(regions),
             "ledger_machines": len(machine_rows),
             "seed_seconds": round(seeded, 1),
+            "bare_listing_instances": listed,
+            "bare_listing_wall_seconds": round(bare_wall, 2),
+            "bare_listing_cpu_seconds": round(bare_cpu, 2),
             "cycle_wall_seconds": round(wall, 2),
             "cycle_cpu_seconds": round(cpu, 2),
-            "api_calls": dict(sorted(calls.items())),
+            "cycle_cpu_over_bare_listing": round(cpu / bare_cpu, 2) if bare_cpu else None,
+            "second_cycle_cpu_seconds": round(again, 2),
+            "second_cycle_cpu_over_bare_listing": round(again / bare_cpu, 2) if bare_cpu else None,
+            "goal_cpu_ratio": GOAL_CPU_RATIO,
+            "load_1min": round(os.getloadavg()[0], 2),
+            "api_calls": dict(sorted(first_calls.items())),  # of the first cycle
             "describe_instances_pages_expected": sum(-(-per_region // 100) for _ in regions),
             "resources_seen": dict(report.resources),
             "actions": {f"{k}/{o}": n for (k, o), n in sorted(kinds.items())},
@@ -261,7 +307,8 @@ def bench_idle_lease(idle_s: int, interval_s: int, grace_s: int) -> dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=10000)
-    parser.add_argument("--managed", type=int, default=200)
+    parser.add_argument("--managed", type=int, default=9000, help="instances with a live ledger row")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the cycle into FILE (top 40 on stderr)")
     parser.add_argument("--idle", type=int, default=20)
     parser.add_argument("--interval", type=int, default=10)
     parser.add_argument("--grace", type=int, default=1, help="warning grace in seconds (at least 1)")
@@ -269,7 +316,7 @@ def main() -> None:
     parser.add_argument("--skip-lease", action="store_true")
     args = parser.parse_args()
     if not args.skip_aws:
-        figures = bench_aws_dry_run(args.instances, args.managed, ("us-east-1", "us-west-2"))
+        figures = bench_aws_dry_run(args.instances, args.managed, ("us-east-1", "us-west-2"), args.profile)
         print(json.dumps({"aws_dry_run_cycle": figures}, indent=2))
     if not args.skip_lease:
         print(json.dumps({"idle_lease": bench_idle_lease(args.idle, args.interval, args.grace)}, indent=2, default=str))
