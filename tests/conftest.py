@@ -21,6 +21,11 @@ from typing import Any
 import pytest
 
 REQUIRE = os.environ.get("DEEPOPS_REQUIRE_SERVICES") == "1"
+# One on-prem environment cache for every test (and the next run): its entries are content-addressed
+# by the lock's hash, verified at each lease and rebuilt when changed, so sharing them is safe and a
+# lease of an image already built skips the install (docs/onprem-environments.md).
+ENV_CACHE = os.environ.get("DEEPOPS_ENV_CACHE") or f"/tmp/deepops-test-envs-{os.getuid()}"
+os.environ["DEEPOPS_ENV_CACHE"] = ENV_CACHE
 PG_URL = os.environ.get("DEEPOPS_TEST_PG_URL", "postgresql://127.0.0.1:5432/postgres")
 
 
@@ -118,6 +123,7 @@ def deepops(tmp_path: Path, ledger_url: str) -> Iterator[Deepops]:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
     env.update(DEEPOPS_HOME=str(home), DEEPOPS_LEDGER_URL=ledger_url, USER=env.get("USER", "tester"))
+    env["DEEPOPS_ENV_CACHE"] = ENV_CACHE
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     yield Deepops(home=home, env=env)
     end_processes_under(home)
@@ -128,7 +134,7 @@ def sqlite_deepops(tmp_path: Path) -> Iterator[Deepops]:
     """The CLI with the embedded default ledger only (for tests where the backend is not the point)."""
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPOPS_")}
-    env.update(DEEPOPS_HOME=str(home))
+    env.update(DEEPOPS_HOME=str(home), DEEPOPS_ENV_CACHE=ENV_CACHE)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     yield Deepops(home=home, env=env)
     end_processes_under(home)
@@ -255,16 +261,61 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     log.close()
 
 
+@dataclass
+class SlurmCluster:
+    """The local Slurm cluster of scripts/slurm-local.sh: 2 nodes, 4 fake A100 GPUs on each."""
+
+    dir: Path
+    conf: Path
+    env: dict[str, str]
+
+    def pool_entry(self, **extra: str) -> str:
+        """A pool.yaml `clusters:` fragment naming this cluster `local-slurm` (`extra`: more keys)."""
+        out = subprocess.run(
+            ["bash", str(SLURM_SCRIPT), "pool-entry"], env=self.env, capture_output=True, text=True, check=True
+        ).stdout
+        return out + "".join(f"    {k}: {v}\n" for k, v in extra.items())
+
+    def run(self, *argv: str) -> str:
+        return subprocess.run(
+            argv, env={**os.environ, "SLURM_CONF": str(self.conf)}, capture_output=True, text=True, check=True
+        ).stdout
+
+
+SLURM_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "slurm-local.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """A real Slurm 22.05 cluster on this machine (scripts/slurm-local.sh), in a state directory of
+    the test run's own; stopped at the end when this run started it."""
+    if os.geteuid() != 0 or not shutil.which("slurmctld"):
+        _missing("Slurm not installed or not root (scripts/test-services.sh installs it as root)")
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)  # a cluster per worker
+    base = Path(os.environ.get("DEEPOPS_TEST_SLURM_DIR", "/tmp/deepops-slurm-test")) / f"w{worker}"
+    port = str(6927 + 3 * worker)
+    env = {**os.environ, "DEEPOPS_SLURM_DIR": str(base), "DEEPOPS_SLURM_GPUS": "8", "DEEPOPS_SLURM_PORT": port}
+    proc = subprocess.run(["bash", str(SLURM_SCRIPT), "start"], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        _missing(f"the local Slurm cluster did not start: {proc.stderr[-500:]}")
+    cluster = SlurmCluster(dir=base, conf=base / "etc" / "slurm.conf", env=env)
+    yield cluster
+    if "already running" not in proc.stderr:
+        subprocess.run(["bash", str(SLURM_SCRIPT), "stop"], env=env, capture_output=True)
+
+
 # -- layers -------------------------------------------------------------------------------------
 # `make test-fast` runs the unit and ledger tests: no Ansible plays (the `ansible` marker) and none
 # of the tests that start the CLI, the team server or a browser as processes (marked `slow` here,
 # by the fixtures that start them or by module). `make test` runs everything.
-PROCESS_FIXTURES = {"deepops", "sqlite_deepops", "sshd", "served", "served_pg", "headers_server"}
+PROCESS_FIXTURES = {"deepops", "sqlite_deepops", "sshd", "served", "served_pg", "headers_server", "slurm_cluster"}
 PROCESS_MODULES = {
+    "test_connect_sessions",
     "test_client",
     "test_server_schemathesis",
     "test_server_workers",
     "test_webui",
+    "test_webui_admin",
     "test_catalog_refresh_cli",
     "test_reaper_cli",
     "test_like",
@@ -272,6 +323,9 @@ PROCESS_MODULES = {
     "test_release_during_launch",
     "test_launch_liveness",
     "test_file_modes",
+    "test_service_team",
+    "test_work_cli",
+    "test_work_team",
 }
 
 

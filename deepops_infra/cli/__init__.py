@@ -4,7 +4,11 @@ import sys
 
 import typer
 
+from deepops_infra.cli import audit as audit_cli
 from deepops_infra.cli import catalog, cost, doctor, images, login, machines, policy, pool, reap, serve, validate
+from deepops_infra.cli import connect as connect_cli
+from deepops_infra.cli import users as users_cli
+from deepops_infra.cli import work as work_cli
 from deepops_infra.errors import DeepopsError
 
 app = typer.Typer(
@@ -18,6 +22,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 machines.register(app)
+connect_cli.register(app)  # ssh, ssh-config
+work_cli.register(app)  # exec, logs, jobs, sync
 app.add_typer(pool.app, name="pool")
 app.add_typer(policy.app, name="policy")
 app.add_typer(images.app, name="images")
@@ -30,6 +36,8 @@ app.add_typer(cost.app, name="cost")
 app.command(name="serve")(serve.serve)
 app.command(name="login")(login.login)
 app.add_typer(login.tokens_app, name="tokens")
+app.add_typer(users_cli.app, name="users")
+app.command(name="audit")(audit_cli.audit)
 
 
 def _fail(message: str, code: int) -> None:
@@ -40,9 +48,10 @@ def _fail(message: str, code: int) -> None:
 def main() -> None:
     """Run the CLI; every error is one line on stderr (2: bad input, nothing changed; 1: failure)."""
     from deepops_infra.cli.common import refuse_empty_options
+    from deepops_infra.cli.teammode import refuse_local_only
 
     try:
-        result = refuse_empty_options(typer.main.get_command(app))(standalone_mode=False)
+        result = refuse_local_only(refuse_empty_options(typer.main.get_command(app)))(standalone_mode=False)
     except DeepopsError as exc:
         _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, exc.exit_code)
     except typer.Abort:

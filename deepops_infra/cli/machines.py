@@ -2,11 +2,12 @@
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from deepops_infra.cli.common import info, open_ledger, print_json, print_table, settings
+from deepops_infra.cli.common import info, print_json, print_table, settings
+from deepops_infra.cli.work import TaskFile, Workdir, prepare
 
 Gpus = Annotated[
     str | None, typer.Option("--gpus", help="MODEL:COUNT (A100:8), MODEL for one (H100), or 0 for CPU only.")
@@ -38,73 +39,82 @@ Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmat
 Keep = Annotated[bool, typer.Option("--keep-on-failure", help="Leave a failed machine up for debugging.")]
 
 
-def _options(**kwargs):  # type: ignore[no-untyped-def]
-    from deepops_infra.intake import Options
+def _order(like: str | None, **options: Any) -> Any:
+    from deepops_infra.service.machines import MachineOrder
 
-    return Options(**kwargs)
-
-
-def _prepare(opts, like_ref):  # type: ignore[no-untyped-def]
-    """Validate, then plan; nothing is written before this returns."""
-    from deepops_infra.intake import build_request, find_like
-    from deepops_infra.providers import get_provider
-
-    s = settings()
-    like, ledger = None, None
-    if like_ref:
-        ledger = open_ledger(s, create=False)
-        with ledger.read() as session:
-            like = find_like(session, like_ref)  # an ID, or a name: the live or latest ended one
-    request, image = build_request(s, opts, like)
-    ledger = ledger or open_ledger(s, create=False)  # made by the first write (the machine's record)
-    provider = get_provider(request.cloud, s, ledger)
-    plans = provider.plan(request, image)
-    return s, ledger, provider, request, image, plans
+    return MachineOrder(like=like, **options)
 
 
-def _plan_json(request, plans) -> dict:  # type: ignore[no-untyped-def]
-    best = plans[0]
-    hours = request.ttl.total_seconds() / 3600
-    from decimal import Decimal
+def _team() -> Any:
+    """The team server's client when DEEPOPS_SERVER is set (team mode: every command goes through
+    the server, never a silent local fallback), else None (local mode: the service in-process)."""
+    from deepops_infra.cli.teammode import team_client
 
-    estimate = (best.price.per_hour * Decimal(str(hours))).quantize(Decimal("0.01"))
-    return best.to_json() | {
-        "spot": request.spot,
-        "ttl_seconds": int(request.ttl.total_seconds()),
-        "estimated_cost": str(estimate),
-        "alternatives": [p.to_json() for p in plans[1:6]],
-    }
+    return team_client()
 
 
-def _launch(opts, like_ref, yes, json_out, dry_run, keep_on_failure):  # type: ignore[no-untyped-def]
-    from deepops_infra.intake import check_admission
-    from deepops_infra.lifecycle import Lifecycle
+def _service(progress: bool = False) -> Any:
+    """The machines service in this process (local mode), over this user's ledger."""
     from deepops_infra.progress import make_progress
+    from deepops_infra.service.machines import Machines
 
-    s, ledger, provider, request, image, plans = _prepare(opts, like_ref)
-    plan = _plan_json(request, plans)
+    return Machines(settings(), progress=make_progress(enabled=progress))
+
+
+def _print_plan(plan: dict, gpus: str, image: str, json_out: bool) -> None:
+    from deepops_infra.money import money, rate
+
+    if json_out:
+        print_json(plan)
+    else:
+        info(
+            f"would lease {gpus} on {plan['host'] or plan['region']} with {image} "
+            f"({plan['image_id']}) at {rate(plan['price_per_hour'])}, about {money(plan['estimated_cost'])} for the TTL"
+        )
+
+
+def _launch(order, yes, json_out, dry_run, keep_on_failure):  # type: ignore[no-untyped-def]
+    """Local mode: plan (nothing written), confirm, record, launch; (service, machine), or
+    (service, None) for a dry run."""
+    service = _service(progress=True)
+    planned = service.plan(order)
+    request, plan = planned.request, planned.summary()
     if dry_run:
-        check_admission(s, ledger, request)  # refused as the real request would be (policy, budget)
-        if json_out:
-            print_json(plan)
-        else:
-            info(
-                f"would lease {request.gpus} on {plan['host'] or plan['region']} with {image.name} "
-                f"({plan['image_id']}) at ${plan['price_per_hour']}/h, about ${plan['estimated_cost']} for the TTL"
-            )
-        return None, None
+        service.admit(planned)  # refused as the real request would be (policy, budget)
+        _print_plan(plan, str(request.gpus), planned.image.name, json_out)
+        return service, None
     if not yes and sys.stdin.isatty() and not json_out:
+        from deepops_infra.durations import format_duration
+        from deepops_infra.money import money, rate
+
         typer.confirm(
-            f"Lease {request.gpus} on {plan['host'] or plan['region']} at ${plan['price_per_hour']}/h "
-            f"(about ${plan['estimated_cost']} for {request.ttl})?",
+            f"Lease {request.gpus} on {plan['host'] or plan['region']} at {rate(plan['price_per_hour'])} "
+            f"(about {money(plan['estimated_cost'])} for {format_duration(request.ttl)})?",
             default=True,
             abort=True,
         )
-    s.ensure_home()  # the real request: from here on, things are written
-    lifecycle = Lifecycle(s, ledger, provider, make_progress(enabled=True))
-    machine = lifecycle.record(request, image, plans)
-    lifecycle.launch(machine, image, keep_on_failure=keep_on_failure)
-    return lifecycle, machine
+    machine = service.record(planned)  # the real request: from here on, things are written
+    return service, service.launch(machine, keep_on_failure=keep_on_failure)
+
+
+def _team_launch(team, order, json_out, dry_run, keep_on_failure):  # type: ignore[no-untyped-def]
+    """Team mode: the server plans, records and launches; this follows it to ready. A MachineView,
+    or None for a dry run."""
+    created = team.request(order, keep_on_failure=keep_on_failure, dry_run=dry_run)
+    if dry_run:
+        _print_plan(created["plan"], created.get("gpus") or order.gpus or "0", created["image"], json_out)
+        return None
+    info(f"{created['id']} requested on {created['host'] or created['region']}; the server is provisioning it")
+    return team.wait_ready(created["id"], created["status"], info)
+
+
+def _ready_line(m: Any) -> str:
+    from deepops_infra.money import rate
+
+    return (
+        f"{m.id} is ready on {m.host or m.region}: `deepops ssh {m.id}`, "
+        f"ends at {m.expires_at:%Y-%m-%d %H:%M}Z, {rate(m.price_per_hour)}"
+    )
 
 
 def up(
@@ -126,9 +136,12 @@ def up(
     json_out: Json = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan, create nothing.")] = False,
     keep_on_failure: Keep = False,
+    task_file: TaskFile = None,
+    workdir: Workdir = None,
 ) -> None:
     """Get a machine: validated, planned, recorded, provisioned, configured and checked."""
-    opts = _options(
+    order = _order(
+        like,
         gpus=gpus,
         cloud=cloud,
         region=region,
@@ -143,26 +156,38 @@ def up(
         project=project,
         name=name,
     )
-    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
-        from deepops_infra import client
-
-        return client.up(opts.__dict__, like, keep_on_failure, json_out, dry_run)
-    _, machine = _launch(opts, like, yes, json_out, dry_run, keep_on_failure)
-    if machine is None:
-        return
-    from deepops_infra.views import machine_json
-
-    if json_out:
-        print_json(machine_json(machine))
+    order, work = prepare(order, task_file, workdir)  # cli/work.py: validated and measured before any request
+    server = _team()
+    if server is not None:
+        m = _team_launch(server, order, json_out, dry_run, keep_on_failure)
     else:
-        info(
-            f"{machine.id} is ready on {machine.host or machine.region}: `deepops ssh {machine.id}`, "
-            f"ends at {machine.expires_at:%Y-%m-%d %H:%M}Z, ${machine.price_per_hour}/h"
-        )
+        from deepops_infra.views import MachineView
+
+        _, machine = _launch(order, yes, json_out, dry_run, keep_on_failure)
+        m = None if machine is None else MachineView.of(machine)
+    if m is None:
+        return
+    work.after_ready(m.id)  # the workdir pushed, the task's setup run
+    if json_out:
+        print_json(m.to_json())
+    else:
+        info(_ready_line(m))
+
+
+def _brokered_runner() -> Any:
+    """Team mode's way to run a command in a machine: the server-brokered session of
+    `deepops ssh` (cli/connect.py); None while this installation has none."""
+    try:
+        from deepops_infra.cli.connect import run_remote  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        return None
+    return run_remote
 
 
 def run(
-    command: Annotated[list[str], typer.Argument(help="Command to run in the machine (after --).")],
+    command: Annotated[
+        list[str] | None, typer.Argument(help="Command to run in the machine (after --; default: -f FILE's run).")
+    ] = None,
     gpus: Gpus = None,
     cloud: Cloud = None,
     region: Region = None,
@@ -176,14 +201,12 @@ def run(
     project: Project = None,
     name: Name = None,
     like: Like = None,
+    task_file: TaskFile = None,
+    workdir: Workdir = None,
 ) -> None:
     """Get a machine, run COMMAND in it, release it and print the cost line; exits with COMMAND's status."""
-    import subprocess
-
-    from deepops_infra.lifecycle import cost_line
-    from deepops_infra.providers.base import Provider
-
-    opts = _options(
+    order = _order(
+        like,
         gpus=gpus,
         cloud=cloud,
         region=region,
@@ -198,15 +221,46 @@ def run(
         project=project,
         name=name,
     )
-    lifecycle, machine = _launch(opts, like, yes=True, json_out=False, dry_run=False, keep_on_failure=False)
-    provider: Provider = lifecycle.provider
+    order, work = prepare(order, task_file, workdir)  # cli/work.py: validated and measured before any request
+    shown, command = " ".join(command or []) or str(work.task and work.task.run), work.command(command)
+    server = _team()
+    if server is not None:
+        raise typer.Exit(_team_run(server, order, command, work, shown))
+    import subprocess
+
+    service, machine = _launch(order, yes=True, json_out=False, dry_run=False, keep_on_failure=False)
+    provider = service.provider_for(machine.cloud)
     try:
-        info(f"running in {machine.id}: {' '.join(command)}")
+        work.after_ready(machine.id)
+        info(f"running in {machine.id}: {shown}")
         status = subprocess.run(provider.shell_command(machine, command), check=False).returncode
     finally:
-        ended = lifecycle.down(machine, "deepops run finished")
-        info(cost_line(ended))
+        info(service.release(machine.id, "deepops run finished").cost_line)
     raise typer.Exit(status)
+
+
+def _team_run(server: Any, order: Any, command: list[str], work: Any, shown: str) -> int:
+    """`run` through the team server: its policy, its machine, its brokered session; released
+    through it whatever happens."""
+    from deepops_infra.errors import UserError
+
+    runner = _brokered_runner()
+    if runner is None:  # refused before anything is requested
+        raise UserError(
+            "deepops run with DEEPOPS_SERVER needs the server's brokered sessions, which this version lacks; "
+            "use `deepops up`, then `deepops down` when done"
+        )
+    created = server.request(order, keep_on_failure=False, dry_run=False)
+    mid = created["id"]
+    info(f"{mid} requested on {created['host'] or created['region']}; the server is provisioning it")
+    try:
+        server.wait_ready(mid, created["status"], info)
+        work.after_ready(mid)
+        info(f"running in {mid}: {shown}")
+        return int(runner(mid, command))
+    finally:
+        if server.get_machine(mid).ended_at is None:  # a failed launch was torn down by the server
+            info(server.release(mid).cost_line)
 
 
 def ls(
@@ -215,28 +269,17 @@ def ls(
     json_out: Json = False,
 ) -> None:
     """List machines (running ones; --all for every one)."""
-    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
-        from deepops_infra import client
-
-        return client.ls(all_, owner, json_out)
     from datetime import UTC, datetime
 
-    from deepops_infra.ledger import quickread
     from deepops_infra.views import MACHINE_COLUMNS, machine_json, machine_row
 
-    s = settings()
-    if s.ledger_url.startswith("sqlite:///") and not os.path.exists(s.ledger_url.removeprefix("sqlite:///")):
-        print_json([]) if json_out else info("no machines yet; start one with `deepops up`")
-        return
     at = datetime.now(UTC)
-    rows = quickread.list_machines(s.ledger_url, all_, owner, at)
-    if rows is None:  # a schema to migrate, or a driver the quick path does not speak
-        from deepops_infra.ledger import store
-
-        with open_ledger(s, create=False).read() as session:
-            machines = store.list_machines(session, include_ended=all_, owner=owner)
-            spent = store.costs(session, [m.id for m in machines], at)
-        rows = [(m, spent[m.id]) for m in machines]
+    server = _team()
+    if server is not None:
+        machines = server.list_machines(include_ended=all_, owner=owner)
+    else:
+        machines = _service().list_machines(include_ended=all_, owner=owner, at=at)
+    rows = [(m, m.cost) for m in machines]
     if json_out:
         print_json([machine_json(m, spent) for m, spent in rows])
     elif not rows:
@@ -246,45 +289,29 @@ def ls(
 
 
 def show(
-    machine_ref: Annotated[str, typer.Argument(metavar="ID", help="Machine ID or name.")], json_out: Json = False
+    machine_ref: Annotated[str, typer.Argument(metavar="ID", help="Machine ID or name.")],
+    json_out: Json = False,
+    spec: Annotated[bool, typer.Option("--spec", help="Print the task file that makes it again (up -f).")] = False,
 ) -> None:
     """Everything about one machine: manifest (exact pin, host, GPUs, versions found), price, events."""
-    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
-        from deepops_infra import client
+    server = _team()
+    m = server.show(machine_ref) if server is not None else _service().show(machine_ref)
+    if spec:  # `deepops up -f` of it: the same image pin, GPUs and target
+        from deepops_infra.taskfile import dump_spec, spec_of
 
-        return client.show(machine_ref, json_out)
-    from deepops_infra.ledger import store
-    from deepops_infra.views import show_json
-
-    s = settings()
-    with open_ledger(s, create=False).read() as session:
-        m = store.find_machine(session, machine_ref)
-        spent = store.costs(session, [m.id])[m.id]
-        data = show_json(m, spent, store.events(session, m.id))
+        sys.stdout.write(dump_spec(spec_of(m), m.id))
+        return
+    data = m.source or m.detail_json()  # in team mode, the server's answer as it came
     if json_out:
         print_json(data)
         return
     from rich.console import Console
 
+    from deepops_infra.views import show_rows
+
     console = Console(highlight=False)
-    manifest = m.manifest or {}
-    packages = manifest.get("packages") or {}
     console.print(f"[bold]{m.id}[/] {m.name or ''}  {m.status}" + (f" ({m.status_reason})" if m.status_reason else ""))
-    rows = [
-        ("owner/team/project", f"{m.owner} / {m.team} / {m.project}"),
-        ("target", f"{m.cloud} {m.host or m.region or ''}"),
-        ("gpus", f"{m.request.get('gpus')} indexes {m.plan.get('gpu_indexes')}"),
-        ("image", f"{m.image} pinned {m.image_pin}"),
-        ("price (frozen)", f"${m.price_per_hour}/h {m.price_breakdown}"),
-        ("cost so far", f"${spent}"),
-        ("created / ready", f"{data['created_at']} / {data['ready_at']}"),
-        ("expires / ended", f"{data['expires_at']} / {data['ended_at']}"),
-        ("workspace", str((m.provider_refs or {}).get("workspace"))),
-        ("driver", str(manifest.get("driver_version"))),
-        ("python", str(manifest.get("python"))),
-        ("packages", ", ".join(f"{k}=={v}" for k, v in packages.items()) or "-"),
-    ]
-    for key, value in rows:
+    for key, value in show_rows(data):
         console.print(f"  {key:<20} {value}")
     if m.validation:
         for check in m.validation.get("checks", []):
@@ -294,50 +321,18 @@ def show(
         console.print(f"    {e['at']}  {e['kind']:<16} {e['from'] or ''} -> {e['to'] or ''}  {e['reason'] or ''}")
 
 
-def ssh(
-    machine_ref: Annotated[str, typer.Argument(metavar="ID", help="Machine ID or name.")],
-    command: Annotated[list[str] | None, typer.Argument(help="Command to run (after --).")] = None,
-) -> None:
-    """Open a shell in the machine, or run `-- CMD` there and exit with its status."""
-    from deepops_infra.ledger import store
-    from deepops_infra.providers import get_provider
-
-    s = settings()
-    ledger = open_ledger(s, create=False)
-    with ledger.read() as session:
-        m = store.find_machine(session, machine_ref)
-    if m.ended_at is not None:
-        from deepops_infra.errors import UserError
-
-        raise UserError(f"{m.id} is {m.status}; only a running machine has a shell")
-    argv = get_provider(m.cloud, s, ledger).shell_command(m, command or None)
-    sys.stdout.flush()
-    os.execvp(argv[0], argv)
-
-
 def extend(
     machine_ref: Annotated[str, typer.Argument(metavar="ID", help="Machine ID or name.")],
     ttl: Annotated[str, typer.Option("--ttl", help="How much longer, e.g. 2h (within policy).")],
     json_out: Json = False,
 ) -> None:
     """Push a machine's expiry back (never past the team's maximum TTL)."""
-    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
-        from deepops_infra import client
-
-        return client.extend(machine_ref, ttl, json_out)
-    from deepops_infra.ledger import store
-    from deepops_infra.lifecycle import extend as extend_machine
-    from deepops_infra.request import parse_ttl
     from deepops_infra.views import machine_json
 
-    delta = parse_ttl(ttl)
-    s = settings()
-    ledger = open_ledger(s, create=False)
-    with ledger.read() as session:
-        store.find_machine(session, machine_ref)  # an unknown machine is refused before any write
-    m = extend_machine(s, ledger, machine_ref, delta)
+    server = _team()
+    m = server.extend(machine_ref, ttl) if server is not None else _service().extend(machine_ref, ttl)
     if json_out:
-        print_json(machine_json(m))
+        print_json(m.source or machine_json(m))
     else:
         info(f"{m.id} now ends at {m.expires_at:%Y-%m-%d %H:%M}Z")
 
@@ -348,49 +343,42 @@ def down(
     json_out: Json = False,
 ) -> None:
     """Release machines: end their processes, remove their resources, close their cost."""
-    if os.environ.get("DEEPOPS_SERVER"):  # the team server does it (deepops_infra/client.py)
-        from deepops_infra import client
+    server = _team()
+    if server is not None:
+        release_machines(server.releasable, server.release, machine_refs, yes, json_out)
+        return
+    service = _service(progress=True)
+    reason = "released by " + (os.environ.get("USER") or "user")
+    release_machines(service.releasable, lambda mid: service.release(mid, reason), machine_refs, yes, json_out)
 
-        return client.down(machine_refs, yes, json_out)
-    from deepops_infra.errors import DeepopsError, UserError
-    from deepops_infra.ledger import store
-    from deepops_infra.lifecycle import Lifecycle, cost_line
-    from deepops_infra.progress import make_progress
-    from deepops_infra.providers import get_provider
-    from deepops_infra.views import machine_json
 
-    s = settings()
-    ledger = open_ledger(s, create=False)
-    with ledger.read() as session:
-        machines = [store.find_machine(session, ref) for ref in machine_refs]
-    for m in machines:
-        if m.ended_at is not None:
-            raise UserError(f"{m.id} already ended ({m.status})")
+def release_machines(releasable: Any, release: Any, refs: list[str], yes: bool, json_out: bool) -> None:
+    """`down` in either mode: every machine found and releasable before any is released; one
+    failure does not stop the others (all are reported, exit 1)."""
+    from deepops_infra.errors import DeepopsError, OperationError, UserError
+
+    targets = releasable(refs)
     if not yes:
         if not sys.stdin.isatty():
             raise UserError("down needs --yes when not run from a terminal")
-        typer.confirm(f"Release {', '.join(m.id for m in machines)}?", abort=True)
-    progress = make_progress(enabled=True)
+        typer.confirm(f"Release {', '.join(t.id for t in targets)}?", abort=True)
     results, failures = [], []
-    for m in machines:
-        lifecycle = Lifecycle(s, ledger, get_provider(m.cloud, s, ledger), progress)
+    for t in targets:
         try:
-            ended = lifecycle.down(m, "released by " + (os.environ.get("USER") or "user"))
+            released = release(t.id)
         except DeepopsError as exc:
-            failures.append(f"{m.id}: {exc}")
+            failures.append(f"{t.id}: {exc}")
             continue
-        results.append(machine_json(ended.machine, ended.cost))
+        results.append(released.machine)
         if not json_out:
-            info(cost_line(ended))
+            info(released.cost_line)
     if json_out:
         print_json(results)
     if failures:
-        from deepops_infra.errors import OperationError
-
         raise OperationError("; ".join(failures))
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (up, ls, show, ssh, extend, down):
+    for fn in (up, ls, show, extend, down):  # ssh: cli/connect.py
         app.command()(fn)
     app.command(context_settings={"allow_interspersed_args": False})(run)

@@ -103,6 +103,22 @@ class Machine(Base):
             sqlite_where=text("usage_to_us IS NULL"),
             postgresql_where=text("usage_to_us IS NULL"),
         ),
+        # 0011: the closed totals of the machines inside a report's period, by the report's
+        # dimensions, read from the index alone (costs/query._closed).
+        Index(
+            "ix_machines_usage_totals",
+            "usage_from_us",
+            "usage_to_us",
+            "team",
+            "owner",
+            "project",
+            "cloud",
+            "accelerator",
+            "total_cost_micro",
+            "total_gpu_us",
+            "total_idle_micro",
+            "total_idle_gpu_us",
+        ),
     )
 
 
@@ -304,6 +320,22 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class SshKey(Base):
+    """A user's public key for sessions through the team server (`deepops ssh`): the server lets
+    it into a machine's sshd for one session that user opens. Never a private key."""
+
+    __tablename__ = "ssh_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_name: Mapped[str] = mapped_column(String(64), index=True)  # an API user, or an OIDC one
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ux_ssh_keys_user_fingerprint", "user_name", "fingerprint", unique=True),)
+
+
 class AuditEntry(Base):
     """One mutating request to the team server: who, what, when and the outcome."""
 
@@ -322,4 +354,5 @@ class AuditEntry(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     client: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (Index("ix_audit_log_at", "at"),)
+    # --since reads by time, --user by actor (newest first: the id), migration 0010_audit_actor
+    __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_actor", "actor", "id"))

@@ -14,28 +14,29 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deepops_infra.config import Settings
 from deepops_infra.errors import DeepopsError, NotFoundError, UserError
 from deepops_infra.ledger import quickread, store
 from deepops_infra.ledger.db import Ledger
-from deepops_infra.ledger.schema import ApiUser, AuditEntry, Machine
+from deepops_infra.ledger.schema import AuditEntry
 from deepops_infra.server import identity
 from deepops_infra.server.edge import Refusals
 from deepops_infra.server.identity import Caller
 from deepops_infra.server.listing import KeptConnections, Listing, Unavailable
 from deepops_infra.server.problems import Problem, problem_response, status_for
 from deepops_infra.server.settings import ServerSettings
-from deepops_infra.views import machine_json, show_json
+from deepops_infra.service.access import LISTERS, scope  # LISTERS: the roles that may list machines
+from deepops_infra.views import MachineView, machine_json
 from deepops_infra.yamlfile import FileError
 
 STATIC = Path(__file__).parent / "static"
 API = "/api/v1"
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 LIST_PATH = API + "/machines"
-LISTERS = ("member", "team-admin", "it-admin")  # the roles that may list machines
+# A token's caller is kept this long: a revoke, role change or disabled user through this server
+# clears the cache at once; one made elsewhere (the local CLI, another replica) holds within this bound.
 AUTH_CACHE_SECONDS = 5.0
 WORKERS = 4  # processes running launches (each a play or a Pulumi update at a time)
 RELEASE_WORKERS = 2  # and releases, apart: a release never waits behind a queue of launches
@@ -59,6 +60,7 @@ class MachineIn(BaseModel):
     project: Label | None = None
     name: str | None = Field(None, max_length=64)
     like: str | None = Field(None, max_length=64, description="an earlier machine you may see: same pin, GPUs, target")
+    image_pin: str | None = Field(None, max_length=512, description="refuse unless the image pins exactly this now")
     keep_on_failure: bool = Field(False, description="leave a failed machine up for debugging (end it with DELETE)")
     dry_run: bool = False
 
@@ -80,6 +82,7 @@ class TokenIn(BaseModel):
 class HostIn(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = Field(min_length=1, max_length=128)
+    detect: bool = Field(False, description="detect the host's GPUs now (also proves it is reachable)")
 
 
 class RateLimiter:
@@ -125,14 +128,13 @@ class Server:
         settings.ensure_home()
         self.ledger = Ledger(settings.ledger_url)
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
         from deepops_infra.server import worker
 
-        def pool(size: int) -> ProcessPoolExecutor:
+        def pool(size: int) -> worker.Workers:
             # spawned (never a fork of a threaded server); processes start as tasks need them
             spawn = multiprocessing.get_context("spawn")
-            return ProcessPoolExecutor(size, mp_context=spawn, initializer=worker.start, initargs=(os.getpid(),))
+            return worker.Workers(size, mp_context=spawn, initializer=worker.start, initargs=(os.getpid(),))
 
         self.workers = pool(WORKERS)
         self.workers.submit(worker.warm)
@@ -141,10 +143,16 @@ class Server:
         self.limiter = RateLimiter(self.config.rate_per_second, self.config.burst)
         self.refused = RateLimiter(self.config.rate_per_second, self.config.burst)  # 401s per address
         self.refusals = Refusals()  # what is refused before anyone is identified: counted, not audited
+        from deepops_infra.server.metrics import ServerMetrics
+
+        self.metrics = ServerMetrics(self)  # GET /metrics (server/metrics.py)
         self.stop = threading.Event()
         self.reads = KeptConnections(self.ledger.url)
         self.listing = Listing(self.reads, self.config.list_cache_seconds)
         self._auth_cache: dict[str, tuple[float, Caller | None]] = {}
+        from deepops_infra.server.token_use import TokenUse
+
+        self.token_use = TokenUse()
         self.oidc = None
         if self.config.oidc is not None:
             from deepops_infra.server.oidc import OidcVerifier
@@ -246,14 +254,12 @@ class Server:
     def forget_tokens(self) -> None:
         self._auth_cache.clear()
 
-    def lifecycle(self, cloud: str) -> Any:
-        from deepops_infra.lifecycle import Lifecycle
-        from deepops_infra.progress import make_progress
-        from deepops_infra.providers import get_provider
+    def service(self) -> Any:
+        """The machines service over the server's ledger (one per request: providers hold no
+        state across requests and threads)."""
+        from deepops_infra.service.machines import Machines
 
-        return Lifecycle(
-            self.settings, self.ledger, get_provider(cloud, self.settings, self.ledger), make_progress(enabled=False)
-        )
+        return Machines(self.settings, self.ledger)
 
 
 class LimitsAndAudit:
@@ -351,6 +357,7 @@ class LimitsAndAudit:
         who = await self.server.caller(token)
         if who is None or who.role not in LISTERS:
             return None
+        self.server.token_use.note(who.token_id, self.server.ledger)
         return self.server.listing.saved(include_ended=False, where=listing_scope(who))
 
 
@@ -362,9 +369,7 @@ def bearer(auth: str) -> str | None:
 
 def listing_scope(who: Caller) -> dict[str, str]:
     """Which machines GET /machines shows a caller: a member their own, a team-admin the team's."""
-    if who.role == "member":
-        return {"owner": who.name}
-    return {"team": who.team} if who.role == "team-admin" else {}
+    return scope(who)
 
 
 def _name_shared(exc: NotFoundError, ref: str) -> None:
@@ -384,19 +389,23 @@ def stored_price(m: Any) -> dict[str, str]:
 
 
 class _App(FastAPI):
-    """FastAPI with `Edge` outside everything, even the error handler's 500s."""
+    """FastAPI with `Edge` outside everything, even the error handler's 500s, and the access log
+    (server/accesslog.py) just inside it."""
 
     proxies: tuple[Any, ...] = ()
 
     def build_middleware_stack(self) -> Any:
+        from deepops_infra.server.accesslog import AccessLog
         from deepops_infra.server.edge import Edge
 
-        return Edge(super().build_middleware_stack(), self.proxies)
+        logged = AccessLog(super().build_middleware_stack(), self.state.server, lambda: self.router.routes)
+        return Edge(logged, self.proxies)
 
 
-def create_app(settings: Settings | None = None, *, reaper: bool = False) -> FastAPI:
+def create_app(settings: Settings | None = None, *, reaper: bool = False, metrics: str = "public") -> FastAPI:
     """The API and the web page. With `reaper`, a reaper cycle runs every server.reaper_interval
-    in this process; the reaper's per-machine locks keep it from acting beside another reaper."""
+    in this process; the reaper's per-machine locks keep it from acting beside another reaper.
+    `metrics`: who may read GET /metrics (public, token or off: server/metrics.py)."""
     from contextlib import asynccontextmanager
 
     server = Server(settings or Settings.from_env())
@@ -420,6 +429,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         # In a thread: a launch finishing within the grace period still records its outcome.
         await asyncio.to_thread(worker.stop, [server.workers, server.releasers], STOP_GRACE_SECONDS)
         server.reads.close()
+        server.token_use.flush(server.ledger)
         if thread is not None:
             thread.join(timeout=30)
 
@@ -481,6 +491,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         if who is None:
             raise Problem(401, "the token is unknown, expired or revoked", {"WWW-Authenticate": "Bearer"})
         request.state.caller = who
+        server.token_use.note(who.token_id, server.ledger)
         return who
 
     Who = Annotated[Caller, Depends(caller)]
@@ -489,26 +500,13 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         if who.role not in roles:
             raise Problem(403, f"role {who.role} may not do this (needs {' or '.join(roles)})")
 
-    def visible_machine(session: Any, who: Caller, ref: str) -> Machine:
-        return seen(who, ref, lambda: store.find_machine(session, ref, within=listing_scope(who)))
-
     def seen(who: Caller, ref: str, find: Any) -> Any:
         """What `find()` finds for `ref`, when the caller may see it; else 404 (another's machine
         is not even named). Names are looked up among the caller's machines only."""
-        need(who, *LISTERS)
-        try:
-            m = find()
-        except NotFoundError as exc:
-            _name_shared(exc, ref)
-            m = None
-        if m is None or not who.can_see(m.owner, m.team):
-            raise Problem(404, f"no machine {ref!r} visible to you")
-        return m
+        from deepops_infra.service.machines import visible
 
-    def scope(query: Any, who: Caller) -> Any:
-        for column, value in listing_scope(who).items():
-            query = query.where(getattr(Machine, column) == value)
-        return query
+        need(who, *LISTERS)
+        return visible(who, ref, find)
 
     @app.get(API + "/me", tags=["identity"], summary="Who the token belongs to")
     def me(who: Who) -> dict[str, Any]:
@@ -537,15 +535,8 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         return await run_in_threadpool(orm_list, who, all, owner, at)
 
     def orm_list(who: Caller, all: bool, owner: str | None, at: datetime) -> Response:
-        query = select(Machine).order_by(Machine.created_at)
-        if not all:
-            query = query.where(Machine.ended_at.is_(None))
-        if owner:
-            query = query.where(Machine.owner == owner)
-        with server.ledger.read() as session:
-            machines = list(session.scalars(scope(query, who)))
-            spent = store.costs(session, [m.id for m in machines], at)
-        return JSONResponse([machine_json(m, spent[m.id]) for m in machines])
+        listed = server.service().list_machines(who, include_ended=all, owner=owner, at=at)
+        return JSONResponse([m.to_json() for m in listed])
 
     @app.get(API + "/machines/{ref}", tags=["machines"], summary="One machine with its manifest and events")
     async def show_machine(who: Who, ref: str) -> dict[str, Any]:
@@ -562,81 +553,49 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
             _name_shared(exc, ref)
             m, spent, history = None, None, []
         shown = seen(who, ref, lambda: m)
-        return show_json(shown, spent, history) | stored_price(shown)
+        return MachineView.of(shown, spent, history).detail_json() | stored_price(shown)
 
     def orm_show(who: Caller, ref: str) -> dict[str, Any]:
-        with server.ledger.read() as session:
-            m = visible_machine(session, who, ref)
-            spent = store.costs(session, [m.id])[m.id]
-            return show_json(m, spent, store.events(session, m.id)) | stored_price(m)
+        shown = server.service().show(ref, who)
+        return shown.detail_json() | stored_price(shown)
 
     @app.post(API + "/machines", tags=["machines"], status_code=202, summary="Request a machine")
     def request_machine(who: Who, body: MachineIn, request: Request, response: Response) -> dict[str, Any]:
         """Validated, planned and recorded before this answers (202); provisioning goes on in the
         server. Poll GET /machines/{id} until `ready` or `failed`. With dry_run, only the plan."""
-        from deepops_infra.cli.machines import _plan_json
-        from deepops_infra.intake import Options, build_request, find_like
-        from deepops_infra.providers import get_provider
+        from deepops_infra.service.machines import MachineOrder
 
         need(who, "member", "team-admin", "it-admin")
-        owner = body.owner or who.name
-        team = body.team or who.team
-        if owner != who.name and who.role == "member":
-            raise Problem(403, "a member requests machines for themselves only (drop owner)")
-        if owner != who.name and who.role == "team-admin":
-            with server.ledger.read() as session:
-                person = session.get(ApiUser, owner)
-            if person is None or person.team != who.team:
-                raise Problem(403, f"a team-admin requests machines for people of team {who.team} only")
-        if team != who.team and who.role != "it-admin":
-            raise Problem(403, f"you request for team {who.team} only")
-        like = None
-        if body.like:
-            with server.ledger.read() as session:
-                like = seen(who, body.like, lambda: find_like(session, body.like, listing_scope(who)))
-        fields = body.model_dump(exclude={"owner", "team", "dry_run", "like", "keep_on_failure"})
-        opts = Options(**fields, owner=owner, team=team)
-        request_, image = build_request(server.settings, opts, like)
-        provider = get_provider(request_.cloud, server.settings, server.ledger)
-        plans = provider.plan(request_, image)
-        plan = _plan_json(request_, plans)
+        service = server.service()
+        order = MachineOrder(**body.model_dump(exclude={"dry_run", "keep_on_failure"}))
+        planned = service.plan(order, who)  # on the caller's behalf: their policy, their machines
+        plan = planned.summary()
         if body.dry_run:
-            from deepops_infra.intake import check_admission
-
-            check_admission(server.settings, server.ledger, request_)  # refused as the real request would be
+            service.admit(planned)  # refused as the real request would be
             response.status_code = 200
-            return {"plan": plan, "image": image.name}
-        lifecycle = server.lifecycle(request_.cloud)
-        lifecycle.provider = provider
-        machine = lifecycle.record(request_, image, plans)
+            return {"plan": plan, "image": planned.image.name, "gpus": str(planned.request.gpus)}
+        machine = service.record(planned)
         request.state.target = machine.id
         from deepops_infra.server import worker
 
-        home = str(server.settings.home)
-        fallbacks = lifecycle.fallbacks(machine.id)
-        worker.submit_launch(server.workers, server.ledger, home, machine.id, fallbacks, body.keep_on_failure)
+        worker.submit_launch(server.workers, server.ledger, str(server.settings.home), machine.id, body.keep_on_failure)
         server.warm_releasers()
         response.headers["Location"] = f"{API}/machines/{machine.id}"
         return machine_json(machine, None) | {"plan": plan}
 
     @app.post(API + "/machines/{ref}/extend", tags=["machines"], summary="Push a machine's expiry back")
     def extend_machine(who: Who, ref: str, body: ExtendIn, request: Request) -> dict[str, Any]:
-        from deepops_infra.lifecycle import extend
-        from deepops_infra.request import parse_ttl
-
-        with server.ledger.read() as session:
-            m = visible_machine(session, who, ref)
+        service = server.service()
+        m = service.get_machine(ref, who)
         request.state.target = m.id
-        delta = parse_ttl(body.ttl)
-        return machine_json(extend(server.settings, server.ledger, m.id, delta))
+        return service.extend(m.id, body.ttl, who).to_json()  # type: ignore[no-any-return]
 
     @app.delete(API + "/machines/{ref}", tags=["machines"], summary="Release a machine")
     def release_machine(who: Who, ref: str, request: Request) -> dict[str, Any]:
-        with server.ledger.read() as session:
-            m = visible_machine(session, who, ref)
+        service = server.service()
+        m = service.get_machine(ref, who)
         request.state.target = m.id
-        if m.ended_at is not None:
-            raise UserError(f"{m.id} already ended ({m.status})")
+        service.releasable([m.id], who)  # refused when it ended already
         from deepops_infra.server import worker
 
         reason = "released by " + who.name + " (team server)"
@@ -695,58 +654,36 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         }
 
     @app.get(API + "/pool", tags=["pool"], summary="On-prem pool hosts and their live leases (it-admin)")
-    def pool_ls(who: Who) -> list[dict[str, Any]]:
-        from deepops_infra.ledger.schema import GpuLease
-        from deepops_infra.pool import load_pool
+    def pool_ls(who: Who, detect: bool = False) -> list[dict[str, Any]]:
+        from deepops_infra.service import pool
 
-        need(who, "it-admin")
-        pool = load_pool(server.settings.pool_path)
-        with server.ledger.read() as session:
-            leases = session.execute(select(GpuLease.host, GpuLease.gpu_index).where(GpuLease.released_at.is_(None)))
-            held: dict[str, list[int]] = {}
-            for host, index in leases:
-                held.setdefault(host, []).append(index)
-        return [h.to_dict() | {"gpus_leased": sorted(held.get(h.name, []))} for h in pool.hosts]
+        return pool.list_hosts(server.settings, server.ledger, who, detect=detect)
 
     @app.post(API + "/pool/hosts", tags=["pool"], status_code=201, summary="Add a pool host (it-admin)")
     def pool_add(who: Who, body: HostIn, request: Request) -> dict[str, Any]:
-        from deepops_infra.pool import load_pool, parse_host_entry
+        from deepops_infra.service import pool
 
-        need(who, "it-admin")
-        pool = load_pool(server.settings.pool_path)
         request.state.target = body.name
-        if any(h.name == body.name for h in pool.hosts):
-            raise UserError(f"{body.name} is already in the pool")
-        host = parse_host_entry(body.model_dump(exclude_none=True), pool.path)
-        pool.hosts.append(host)
-        pool.save()
-        return host.to_dict()
+        entry = body.model_dump(exclude_none=True, exclude={"detect"})
+        return pool.add_host(server.settings, server.ledger, entry, who, detect=body.detect)
 
     @app.delete(API + "/pool/hosts/{name}", tags=["pool"], summary="Remove a pool host (it-admin)")
-    def pool_rm(who: Who, name: str, request: Request) -> dict[str, Any]:
-        from deepops_infra.pool import load_pool
+    def pool_rm(who: Who, name: str, request: Request, force: bool = False) -> dict[str, Any]:
+        from deepops_infra.service import pool
 
-        need(who, "it-admin")
         request.state.target = name
-        pool = load_pool(server.settings.pool_path)
-        host = pool.get(name)
-        with server.ledger.read() as session:
-            live = session.scalar(
-                select(func.count())
-                .select_from(Machine)
-                .where(Machine.cloud == "onprem", Machine.host == name, Machine.ended_at.is_(None))
-            )
-        if live:
-            raise Problem(409, f"{name} has {live} live machine(s); release them first")
-        pool.hosts.remove(host)
-        if name == "localhost":
-            pool.include_localhost = False
-        pool.save()
-        return {"removed": name}
+        try:
+            return pool.remove_host(server.settings, server.ledger, name, who, force=force)
+        except pool.HostBusy as exc:
+            raise Problem(409, str(exc)) from None
 
     from deepops_infra.server.policy_admin import register_policy_admin  # GET|PUT|DELETE /policy/teams
 
     register_policy_admin(app, server, Who, need)
+
+    from deepops_infra.server.metrics import register_operations  # GET /metrics, /readyz
+
+    register_operations(app, server, Who, metrics)
 
     # -- costs and budgets -----------------------------------------------------------------------
 
@@ -758,6 +695,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         since: Annotated[str | None, Query(max_length=32)] = None,
         until: Annotated[str | None, Query(max_length=32)] = None,
         format: Literal["json", "csv", "html", "table"] = "json",
+        idle: Literal["separate", "share"] = "separate",
     ) -> Any:
         from deepops_infra.costs import render
         from deepops_infra.costs.period import Period
@@ -766,32 +704,28 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         need(who, "finance", "team-admin", "it-admin")
         groups = validate_by(by or ["team"])
         period = Period.from_options(month, since, until, datetime.now(UTC))
-        report = build(server.ledger, period, groups, details=format == "html")
+        report = build(server.ledger, period, groups, details=format == "html", idle=idle)
         if who.role == "team-admin":
             report = _only_team(report, who.team)
         if format == "csv":
             return PlainTextResponse(render.to_csv(report), media_type="text/csv")
         if format == "html":
+            from deepops_infra.costs import budgets as budget_mod
             from deepops_infra.costs.html import render_html
 
+            budget_mod.mark_budgets(report, budget_mod.load(server.settings.config))
             return HTMLResponse(render_html(report))
         if format == "table":
             columns, rows = render.table_rows(report)
-            return {"title": f"Costs {period.label} (UTC), USD at launch prices", "columns": columns, "rows": rows}
+            return {"title": render.table_title(report), "columns": columns, "rows": rows}
         return report.to_json()
 
     @app.get(API + "/budgets", tags=["costs"], summary="Spend against the monthly budgets")
     def budgets(who: Who, month: Annotated[str | None, Query(max_length=7)] = None) -> dict[str, Any]:
-        from deepops_infra.costs import budgets as budget_mod
-        from deepops_infra.costs.period import Period
+        from deepops_infra.service.budgets import budget_report
 
         need(who, "finance", "team-admin", "it-admin")
-        now = datetime.now(UTC)
-        period = Period.month(month) if month else Period.current_month(now)
-        statuses = budget_mod.status(server.ledger, budget_mod.load(server.settings.config), period, now)
-        if who.role == "team-admin":
-            statuses = [st for st in statuses if st.kind == "team" and st.name == who.team]
-        return {"month": period.label, "budgets": [st.to_json() for st in statuses]}
+        return budget_report(server.settings, server.ledger, month, who).to_json()
 
     # -- tokens and audit --------------------------------------------------------------------------
 
@@ -806,16 +740,18 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         with server.ledger.write() as session:
             row = identity.ensure_user(session, user, body.team, body.role)
             token, secret = identity.create_token(session, row, ttl, body.label)
-            out = identity.token_json(token, store.now()) | {"token": secret, "role": row.role, "team": row.team}
+            out = identity.token_json(token, store.now(), row) | {"token": secret}
         request.state.target = out["id"]
+        request.state.audit_detail = f"for {row.name} ({row.role}, team {row.team})"
         return out
 
     @app.get(API + "/tokens", tags=["identity"], summary="Tokens (yours; every one for an it-admin)")
     def list_tokens(who: Who) -> list[dict[str, Any]]:
         now = store.now()
+        server.token_use.flush(server.ledger)  # the last uses this process has noted so far
         with server.ledger.read() as session:
             rows = identity.list_tokens(session, None if who.role == "it-admin" else who.name)
-            return [identity.token_json(r, now) for r in rows]
+            return [identity.token_json(t, now, u) for t, u in rows]
 
     @app.delete(API + "/tokens/{token_id}", tags=["identity"], summary="Revoke a token")
     def revoke_token(who: Who, token_id: str, request: Request) -> dict[str, Any]:
@@ -831,26 +767,15 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         server.forget_tokens()
         return out
 
-    @app.get(API + "/audit", tags=["identity"], summary="The audit log of mutating requests (it-admin)")
-    def audit(who: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-        need(who, "it-admin")
-        with server.ledger.read() as session:
-            rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
-            return [
-                {
-                    "at": _iso(r.at),
-                    "actor": r.actor,
-                    "role": r.role,
-                    "method": r.method,
-                    "path": r.path,
-                    "action": r.action,
-                    "target": r.target,
-                    "status": r.status_code,
-                    "outcome": r.outcome,
-                    "client": r.client,
-                }
-                for r in rows
-            ]
+    from deepops_infra.server.admin import register_admin  # users, audit log, pool GPUs (it-admin)
+
+    register_admin(app, server, Who, need)
+    from deepops_infra.server.sessions import register_sessions  # ssh keys, endpoints, WS sessions
+
+    register_sessions(app, server, Who)
+    from deepops_infra.server.jobs import register_jobs  # a machine's jobs and their logs (deepops exec)
+
+    register_jobs(app, server, Who)
 
     # -- the web page ------------------------------------------------------------------------------
 
@@ -913,6 +838,7 @@ def _audit(server: Server, request: Request, caller: Caller | None, status: int)
         status_code=status,
         outcome=outcome,
         client=(request.client.host if request.client else None),
+        detail=getattr(request.state, "audit_detail", None),
     )
     with server.ledger.write() as session:
         session.add(entry)
