@@ -57,6 +57,7 @@ class Image:
     source: Path | None = None
     gpu: GpuStack | None = None
     bases: dict[str, dict[str, str]] = field(default_factory=dict)  # cloud -> region -> base image to bake from
+    jupyter: bool = False  # the environment has jupyter-server: `deepops up --jupyter` may start one
 
 
 EXACT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -110,6 +111,8 @@ def _check_types(path: Path, raw: Mapping) -> None:
         raise FileError(path, raw.line_of("description"), "description must be a string")
     if not isinstance(raw.get("gpu_required", False), bool):
         raise FileError(path, raw.line_of("gpu_required"), "gpu_required must be true or false")
+    if not isinstance(raw.get("jupyter", False), bool):
+        raise FileError(path, raw.line_of("jupyter"), "jupyter must be true or false (has the lock jupyter-server)")
     versions = raw.get("versions")
     if versions is not None and (
         not isinstance(versions, Mapping) or not all(isinstance(v, str | int | float) for v in versions.values())
@@ -142,6 +145,7 @@ def _load(path: Path) -> Image:
         source=path,
         gpu=_gpu_stack(path, raw),
         bases=_bases(path, raw),
+        jupyter=raw.get("jupyter", False),
     )
 
 

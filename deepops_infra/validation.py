@@ -34,9 +34,16 @@ def _version_satisfies(version: str, spec: str) -> bool:
     return True
 
 
+def _dist(name: str) -> str:
+    """A package name as PEP 503 compares them (jupyter_server is jupyter-server)."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def check_manifest(image: Image, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     checks = []
-    packages = manifest.get("packages") or {}
+    packages = {_dist(k): v for k, v in (manifest.get("packages") or {}).items()}
     python = manifest.get("python", "")
     if image.onprem and image.onprem.python:
         checks.append(
@@ -49,7 +56,7 @@ def check_manifest(image: Image, manifest: dict[str, Any]) -> list[dict[str, Any
     for name, want in image.versions.items():
         if name in ("python", "cuda"):
             continue  # python checked above; CUDA is checked by the GPU validation
-        have = packages.get(name.lower())
+        have = packages.get(_dist(name))
         checks.append(_check(f"package {name}", have == want, f"found {have or 'none'}, image pins {want}"))
     return checks
 

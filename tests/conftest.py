@@ -326,6 +326,7 @@ PROCESS_MODULES = {
     "test_service_team",
     "test_work_cli",
     "test_work_team",
+    "test_jupyter",
 }
 
 

@@ -21,7 +21,7 @@ def requirements(lock: Path) -> list[str]:
 
 
 def test_shipped_images_load():
-    assert set(SHIPPED) == {"cpu-minimal", "pytorch"}
+    assert set(SHIPPED) == {"cpu-jupyter", "cpu-minimal", "pytorch"}
     cpu = SHIPPED["cpu-minimal"]
     assert cpu.gpu_required is False
     assert cpu.versions == {"packaging": "24.2"}
@@ -103,7 +103,7 @@ def test_get_image_unknown_lists_available():
     with pytest.raises(NotFoundError) as info:
         get_image("tensorflow")
     assert str(info.value) == (
-        "unknown image 'tensorflow'; available: cpu-minimal, pytorch (see images/ or `deepops images ls`)"
+        "unknown image 'tensorflow'; available: cpu-jupyter, cpu-minimal, pytorch (see images/ or `deepops images ls`)"
     )
 
 

@@ -18,7 +18,7 @@ from deepops_infra.yamlfile import FileError
 
 def test_images_ls_json_shows_gpu_stack_and_pins(sqlite_deepops):
     rows = {r["name"]: r for r in sqlite_deepops.json("images", "ls")}
-    assert set(rows) == {"cpu-minimal", "pytorch"}
+    assert set(rows) == {"cpu-jupyter", "cpu-minimal", "pytorch"}
     torch = rows["pytorch"]
     assert torch["gpu"] == {
         "driver_branch": "580",
@@ -54,13 +54,13 @@ def test_images_show(sqlite_deepops):
 def test_images_show_unknown_is_one_line(sqlite_deepops):
     proc = sqlite_deepops.run("images", "show", "tensorflow")
     assert proc.returncode == 2
-    assert proc.stderr.startswith("deepops: error: unknown image 'tensorflow'; available: cpu-minimal, pytorch")
+    assert proc.stderr.startswith("deepops: error: unknown image 'tensorflow'; available: cpu-jupyter, cpu-minimal,")
 
 
 def test_images_verify_onprem(sqlite_deepops):
     rows = sqlite_deepops.json("images", "verify")
-    assert [(r["image"], r["ok"]) for r in rows] == [("cpu-minimal", True), ("pytorch", True)]
-    assert rows[0]["pin"] == get_image("cpu-minimal").onprem.pin
+    assert [(r["image"], r["ok"]) for r in rows] == [("cpu-jupyter", True), ("cpu-minimal", True), ("pytorch", True)]
+    assert rows[1]["pin"] == get_image("cpu-minimal").onprem.pin
 
 
 def test_images_verify_cloud_without_hook_is_refused(sqlite_deepops):

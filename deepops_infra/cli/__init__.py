@@ -7,6 +7,7 @@ import typer
 from deepops_infra.cli import audit as audit_cli
 from deepops_infra.cli import catalog, cost, doctor, images, login, machines, policy, pool, reap, serve, validate
 from deepops_infra.cli import connect as connect_cli
+from deepops_infra.cli import jupyter as jupyter_cli
 from deepops_infra.cli import users as users_cli
 from deepops_infra.cli import work as work_cli
 from deepops_infra.errors import DeepopsError
@@ -24,6 +25,7 @@ app = typer.Typer(
 machines.register(app)
 connect_cli.register(app)  # ssh, ssh-config
 work_cli.register(app)  # exec, logs, jobs, sync
+jupyter_cli.register(app)  # jupyter (and `up --jupyter`)
 app.add_typer(pool.app, name="pool")
 app.add_typer(policy.app, name="policy")
 app.add_typer(images.app, name="images")

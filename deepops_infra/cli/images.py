@@ -19,6 +19,7 @@ def _summary(image: Any) -> dict[str, Any]:
         "name": image.name,
         "description": image.description,
         "gpu_required": image.gpu_required,
+        "jupyter": image.jupyter,
         "versions": image.versions,
         "gpu": None
         if gpu is None
@@ -46,7 +47,7 @@ def ls(json_out: Json = False) -> None:
         print_json(rows)
         return
     print_table(
-        ["NAME", "DRIVER", "CUDA", "FRAMEWORK", "ON-PREM PIN", "LOCK", "CLOUD PINS", "DESCRIPTION"],
+        ["NAME", "DRIVER", "CUDA", "FRAMEWORK", "ON-PREM PIN", "LOCK", "CLOUD PINS", "JUPYTER", "DESCRIPTION"],
         [
             [
                 r["name"],
@@ -56,6 +57,7 @@ def ls(json_out: Json = False) -> None:
                 (r["onprem_pin"] or "-")[:23] + ("…" if r["onprem_pin"] else ""),
                 "ok" if r["onprem_lock_ok"] else "MISMATCH",
                 ", ".join(f"{c}:{len(p)}" for c, p in sorted(r["cloud_pins"].items())) or "-",
+                "yes" if r["jupyter"] else "-",
                 r["description"],
             ]
             for r in rows
@@ -82,6 +84,8 @@ def show(
         return
     lines = [f"{image.name}: {image.description}", f"  definition           {data['source']}"]
     lines += [f"  version {k:<12} {v}" for k, v in image.versions.items()]
+    if image.jupyter:
+        lines.append("  jupyter              yes: `deepops up --jupyter` starts a server from this environment")
     if image.gpu:
         g = image.gpu
         lines += [

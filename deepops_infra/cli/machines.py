@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from deepops_infra.cli.common import info, print_json, print_table, settings
+from deepops_infra.cli.jupyter import JupyterOpt
 from deepops_infra.cli.work import TaskFile, Workdir, prepare
 
 Gpus = Annotated[
@@ -138,6 +139,7 @@ def up(
     keep_on_failure: Keep = False,
     task_file: TaskFile = None,
     workdir: Workdir = None,
+    jupyter: JupyterOpt = False,
 ) -> None:
     """Get a machine: validated, planned, recorded, provisioned, configured and checked."""
     order = _order(
@@ -157,6 +159,10 @@ def up(
         name=name,
     )
     order, work = prepare(order, task_file, workdir)  # cli/work.py: validated and measured before any request
+    if jupyter:
+        from deepops_infra.cli.jupyter import check_image
+
+        check_image(order)  # an image without Jupyter: refused before anything is written
     server = _team()
     if server is not None:
         m = _team_launch(server, order, json_out, dry_run, keep_on_failure)
@@ -168,10 +174,28 @@ def up(
     if m is None:
         return
     work.after_ready(m.id)  # the workdir pushed, the task's setup run
+    opened = _open_jupyter(m.id) if jupyter else None
     if json_out:
-        print_json(m.to_json())
+        print_json(m.to_json() | ({"jupyter": opened.to_json()} if opened else {}))
     else:
         info(_ready_line(m))
+        if opened:
+            from deepops_infra.cli.jupyter import say_opened
+
+            say_opened(opened)
+
+
+def _open_jupyter(machine_id: str) -> Any:
+    """`up --jupyter` once ready: the server and its local forward; a failure leaves the machine up."""
+    from deepops_infra.cli.jupyter import open_jupyter
+    from deepops_infra.errors import DeepopsError, OperationError
+
+    try:
+        return open_jupyter(machine_id)
+    except DeepopsError as exc:
+        raise OperationError(
+            f"{exc}; the machine is up: `deepops jupyter {machine_id}` tries again, `deepops down {machine_id}` ends it"
+        ) from None
 
 
 def _brokered_runner() -> Any:
@@ -370,6 +394,9 @@ def release_machines(releasable: Any, release: Any, refs: list[str], yes: bool, 
             failures.append(f"{t.id}: {exc}")
             continue
         results.append(released.machine)
+        from deepops_infra.cli.jupyter import stop_forward
+
+        stop_forward(t.id)  # the local port forward of `up --jupyter`, if one runs
         if not json_out:
             info(released.cost_line)
     if json_out:
