@@ -80,23 +80,27 @@ def test_header_gives_the_host_key_or_the_reason() -> None:
 def test_session_commands_local_and_over_the_pool_key(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
+    from deepops_infra.config import Settings
+
     public = _key(tmp_path)
+    settings = Settings(home=tmp_path)
     machine = SimpleNamespace(
         id="m-1", status="ready", ended_at=None, provider_refs={"workspace": "/srv/ws/m-1"}, cloud="onprem"
     )
-    local = session.session_command(tmp_path, PoolHost(name="localhost", connection="local"), machine, public)
+    local = session.session_command(settings, PoolHost(name="localhost", connection="local"), machine, public)
     assert local.argv[:2] == ["sh", "-c"] and local.argv[-2:] == ["/srv/ws/m-1", public]
     box = PoolHost(name="box", connection="ssh", address="10.0.0.5", user="gpu", port=2222, key="/k")
-    remote = session.session_command(tmp_path, box, machine, public)
+    remote = session.session_command(settings, box, machine, public)
     assert remote.user == "gpu" and remote.argv[0] == "ssh" and "gpu@10.0.0.5" in remote.argv
+    assert "ControlMaster=auto" in remote.argv  # the host connection the lease's steps keep is reused
     assert remote.argv[-1].startswith("sh -c ") and "/srv/ws/m-1" in remote.argv[-1]
     for workspace in ("/srv/ws/m 1", "relative/m-1", "/srv/ws/../m-1", "/srv/ws/$(id)"):
         machine.provider_refs = {"workspace": workspace}
         with pytest.raises(UserError, match="plain absolute path"):
-            session.session_command(tmp_path, box, machine, public)
+            session.session_command(settings, box, machine, public)
     machine.ended_at, machine.status = "then", "terminated"
     with pytest.raises(UserError, match="only a running machine"):
-        session.session_command(tmp_path, box, machine, public)
+        session.session_command(settings, box, machine, public)
 
 
 def test_host_blocks_name_each_machine_once(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def session_command(settings: "Settings", machine: Any, public_key: str) -> "Ses
             host = load_pool(settings.pool_path).get(machine.host or "")
         except NotFoundError:
             raise UserError(f"{machine.id}: host {machine.host} is no longer in the pool") from None
-        return session.session_command(settings.home, host, machine, public_key)
+        return session.session_command(settings, host, machine, public_key)
     from deepops_infra.cli.common import open_ledger
     from deepops_infra.providers import get_provider
 

@@ -540,7 +540,7 @@ class OnpremProvider(Provider):
     def session_command(self, machine: Machine, public_key: str) -> SessionCommand:
         from deepops_infra.providers.onprem import session
 
-        return session.session_command(self.settings.home, self._host(machine), machine, public_key)
+        return session.session_command(self.settings, self._host(machine), machine, public_key)
 
     def doctor(self) -> list[tuple[str, bool, str]]:
         import shutil

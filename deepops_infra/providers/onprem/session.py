@@ -5,12 +5,15 @@
 import os
 import pwd
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepops_infra.connect import lease
 from deepops_infra.errors import UserError
 from deepops_infra.pool import PoolHost
 from deepops_infra.providers.base import SessionCommand
+
+if TYPE_CHECKING:
+    from deepops_infra.config import Settings
 
 
 def pool_ssh(home: Path, host: PoolHost) -> list[str]:
@@ -36,8 +39,10 @@ def unix_user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def session_command(home: Path, host: PoolHost, machine: Any, public_key: str) -> SessionCommand:
-    """The lease's sshd on `host` for `machine`, letting in `public_key` for this session."""
+def session_command(settings: "Settings", host: PoolHost, machine: Any, public_key: str) -> SessionCommand:
+    """The lease's sshd on `host` for `machine`, letting in `public_key` for this session. Over
+    ssh, the connection to the host is the one the lease's steps keep for a minute (one
+    handshake saved per session while it lasts)."""
     workspace = (machine.provider_refs or {}).get("workspace")
     if not workspace or machine.ended_at is not None:
         raise UserError(f"{machine.id} is {machine.status}: only a running machine takes sessions")
@@ -48,5 +53,8 @@ def session_command(home: Path, host: PoolHost, machine: Any, public_key: str) -
     if host.connection == "local":
         return SessionCommand(argv, unix_user())
     target = f"{host.user}@{host.address}" if host.user else host.address
-    ssh = [*pool_ssh(home, host), "-T", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=30"]
+    from deepops_infra.providers.onprem.hostcall import reuse
+
+    ssh = [*pool_ssh(settings.home, host), *reuse(settings), "-T", "-o", "ConnectTimeout=10"]
+    ssh += ["-o", "ServerAliveInterval=30"]
     return SessionCommand([*ssh, target, lease.remote_command(argv)], host.user or unix_user())
