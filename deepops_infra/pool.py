@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from deepops_infra.accelerators import canonical_model
+from deepops_infra.accelerators import ACCELERATORS, canonical_model
 from deepops_infra.errors import NotFoundError, UserError
 from deepops_infra.yamlfile import FileError, Mapping, Sequence, load_yaml
 
@@ -195,7 +195,7 @@ def _declared_gpus(raw: Any, gpu_indexes: tuple[int, ...] | None, path: Path) ->
                 raise FileError(
                     path,
                     item_line,
-                    f"unknown GPU model {item.get('model')!r}; see `deepops gpus --models` for the known names",
+                    f"unknown GPU model {item.get('model')!r}; known models: {', '.join(ACCELERATORS)}",
                 )
             declared.append(DeclaredGpu(index, model, memory))
         if len({g.index for g in declared}) != len(declared):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepops_infra.accelerators import canonical_model
+from deepops_infra.accelerators import ACCELERATORS, canonical_model
 from deepops_infra.yamlfile import FileError, Mapping, Sequence
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
@@ -182,7 +182,7 @@ def _gres_models(raw: Mapping, path: Path, name: str) -> dict[str, str]:
                 path,
                 line,
                 f"cluster {name!r}: gres_models.{gres}: unknown GPU model {model!r}; "
-                "see `deepops gpus --models` for the known names",
+                f"known models: {', '.join(ACCELERATORS)}",
             )
         out[gres] = known
     return out

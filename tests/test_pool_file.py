@@ -236,7 +236,7 @@ def test_get_unknown_host(tmp_path):
             "hosts:\n" + SSH + "    rates: {gpu_hour: 1, host_hour: 1}\n    gpus:\n"
             "      - {index: 0, model: A100}\n      - {index: 1, model: A1000}\n",
             7,
-            "unknown GPU model 'A1000'; see `deepops gpus --models` for the known names",
+            "unknown GPU model 'A1000'; known models: B200, H200",
             id="unknown-declared-model",
         ),
         pytest.param(

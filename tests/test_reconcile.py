@@ -346,3 +346,24 @@ def test_missing_settings_are_user_errors(sqlite_deepops: Any) -> None:
     for cloud, needs in (("gcp", "gcp.billing_export_table"), ("azure", "azure.subscription_id")):
         proc = sqlite_deepops.run("cost", "reconcile", "--cloud", cloud, "--month", "2026-10")
         assert proc.returncode == 2 and needs in proc.stderr, proc.stderr
+
+
+def test_reconciliation_settings_are_valid_cloud_settings(tmp_path, monkeypatch):
+    """The keys `cost reconcile` reads live in the same cloud sections the launch path validates:
+    setting them must not make `up` or `doctor` refuse the configuration."""
+    from deepops_infra.config import Settings
+    from deepops_infra.providers.aws.settings import aws_settings
+    from deepops_infra.providers.azure.settings import azure_settings
+    from deepops_infra.providers.gcp.settings import gcp_settings
+
+    (tmp_path / "config.yaml").write_text(
+        "gcp:\n  project: p\n  billing_export_table: p.billing.gcp_billing_export_v1_X\n"
+        "  billing_project: q\n  bigquery_endpoint: http://127.0.0.1:9/\n"
+        "azure:\n  subscription_id: s\n  management_endpoint: http://127.0.0.1:9\n"
+        "aws:\n  endpoints: {ce: 'http://127.0.0.1:9'}\n"
+    )
+    monkeypatch.delenv("DEEPOPS_CONFIG", raising=False)
+    settings = Settings(home=tmp_path)
+    assert gcp_settings(settings).billing_export_table == "p.billing.gcp_billing_export_v1_X"
+    assert azure_settings(settings).management_endpoint == "http://127.0.0.1:9"
+    assert aws_settings(settings).endpoints["ce"] == "http://127.0.0.1:9"

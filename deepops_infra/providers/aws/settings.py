@@ -39,7 +39,7 @@ KNOWN = (
     "agent_metrics",
     "read_timeout",
 )
-SERVICES = ("ec2", "cloudwatch", "pricing", "sts")
+SERVICES = ("ec2", "cloudwatch", "pricing", "sts", "ce")  # ce: Cost Explorer, for `deepops cost reconcile`
 
 
 @dataclass(frozen=True)

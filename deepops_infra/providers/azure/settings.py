@@ -31,6 +31,7 @@ class AzureSettings:
     disk_gb_month: Decimal = Decimal("0.15")  # Premium SSD v1 P10 (128 GiB, $19.71/month) per GB
     ssh_user: str | None = None
     workspace_root: str | None = None
+    management_endpoint: str | None = None  # read by `deepops cost reconcile` (costs/reconcile/azure.py)
 
     @property
     def resource_manager(self) -> str:
@@ -43,5 +44,7 @@ class AzureSettings:
 
 
 def azure_settings(settings: Settings) -> AzureSettings:
-    values = parse_section(settings, "azure", SERVICES, {"subscription_id": text, "authority_host": text})
+    values = parse_section(
+        settings, "azure", SERVICES, {"subscription_id": text, "authority_host": text, "management_endpoint": text}
+    )
     return AzureSettings(**values)

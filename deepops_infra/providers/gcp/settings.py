@@ -42,6 +42,10 @@ class GcpSettings:
     disk_gb_month: Decimal = Decimal("0.10")  # pd-balanced, us-central1
     ssh_user: str | None = None
     workspace_root: str | None = None
+    # Read by `deepops cost reconcile` (costs/reconcile/gcp.py): the billing export and its query job.
+    billing_export_table: str | None = None
+    billing_project: str | None = None
+    bigquery_endpoint: str | None = None
 
     def endpoint(self, service: str) -> str | None:
         return self.endpoints.get(service)
@@ -56,5 +60,6 @@ class GcpSettings:
 
 
 def gcp_settings(settings: Settings) -> GcpSettings:
-    values = parse_section(settings, "gcp", SERVICES, {"project": text, "zones": _zones, "network": text})
+    reconcile = {key: text for key in ("billing_export_table", "billing_project", "bigquery_endpoint")}
+    values = parse_section(settings, "gcp", SERVICES, {"project": text, "zones": _zones, "network": text, **reconcile})
     return GcpSettings(**values)
