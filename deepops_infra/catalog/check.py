@@ -79,7 +79,9 @@ def read_accepted(path: Path = ACCEPTED) -> list[Exception_]:
 
 
 def _money(value: Decimal) -> str:
-    return f"${value.quantize(Decimal('0.01'))}"
+    from deepops_infra.money import money
+
+    return money(value)
 
 
 def region_spread(offers: Iterable[Offering], factor: Decimal) -> list[Finding]:

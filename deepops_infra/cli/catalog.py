@@ -134,6 +134,7 @@ def gpus(
     from deepops_infra.catalog import load_catalog
     from deepops_infra.cli.teammode import team_client
     from deepops_infra.errors import UserError
+    from deepops_infra.money import rate
 
     server = team_client()  # team mode: the server's catalog
     offers = server.offers() if server is not None else load_catalog(settings().home)
@@ -161,7 +162,7 @@ def gpus(
         info("no offerings match")
         return
     print_table(
-        ["CLOUD", "REGION", "INSTANCE TYPE", "GPUS", "VCPUS", "MEMORY GIB", "$/H", "SPOT $/H"],
+        ["CLOUD", "REGION", "INSTANCE TYPE", "GPUS", "VCPUS", "MEMORY GIB", "PRICE", "SPOT"],
         [
             [
                 o.cloud,
@@ -170,8 +171,8 @@ def gpus(
                 f"{o.accelerator_count} x {o.accelerator}",
                 str(o.vcpus),
                 str(o.memory_gib),
-                "-" if o.price_per_hour is None else str(o.price_per_hour),
-                "-" if o.spot_price_per_hour is None else str(o.spot_price_per_hour),
+                rate(o.price_per_hour),
+                rate(o.spot_price_per_hour),
             ]
             for o in offers
         ],
