@@ -23,6 +23,7 @@ from deepops_infra.request import (
     default_owner,
     parse_idle_timeout,
     parse_ttl,
+    parse_wait,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Options:
     project: str | None = None
     name: str | None = None
     image_pin: str | None = None  # a task file's (`show --spec`): refuse when the image now pins another
+    wait: str | None = None  # Slurm clusters: how long a job Slurm cannot start now may wait
 
 
 def like_options(opts: Options, earlier: "Machine") -> Options:
@@ -71,6 +73,7 @@ def like_options(opts: Options, earlier: "Machine") -> Options:
         project=opts.project or earlier.project,
         name=opts.name,
         image_pin=opts.image_pin,
+        wait=opts.wait,
     )
 
 
@@ -97,6 +100,7 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
     policy = settings.config.policy_for(team)
     ttl = parse_ttl(opts.ttl) if opts.ttl is not None else policy.default_ttl
     idle = parse_idle_timeout(opts.idle_timeout) if opts.idle_timeout is not None else policy.default_idle_timeout
+    wait = parse_wait(opts.wait) if opts.wait is not None else None
     image = get_image(opts.image or defaults.image)
     if image.gpu_required and gpus.count == 0:
         raise UserError(f"--image {image.name} needs a GPU; ask for one with --gpus, e.g. --gpus A100:1")
@@ -139,6 +143,7 @@ def build_request(settings: Settings, opts: Options, like: "Machine | None" = No
         team=team,
         project=project,
         name=check_name(opts.name),
+        wait=wait,
     )
     # `auto` places among the targets the policy allows; the other rules apply whatever it picks.
     check_static(request, policy, (policy_targets[0] if policy_targets else "auto") if cloud == "auto" else cloud)

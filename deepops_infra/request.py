@@ -76,12 +76,17 @@ class MachineRequest:
     team: str
     project: str
     name: str | None
+    wait: timedelta | None = None  # Slurm clusters: how long a job may wait to start (None: the cluster's)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["gpus"] = str(self.gpus)
         data["ttl"] = int(self.ttl.total_seconds())
         data["idle_timeout"] = int(self.idle_timeout.total_seconds())
+        if self.wait is None:
+            del data["wait"]  # rows without it read as before
+        else:
+            data["wait"] = int(self.wait.total_seconds())
         return data
 
     @classmethod
@@ -92,6 +97,7 @@ class MachineRequest:
                 "gpus": GpuSpec.parse(data["gpus"]),
                 "ttl": timedelta(seconds=data["ttl"]),
                 "idle_timeout": timedelta(seconds=data["idle_timeout"]),
+                "wait": timedelta(seconds=data["wait"]) if data.get("wait") is not None else None,
             }
         )
 
@@ -140,3 +146,7 @@ def parse_ttl(text: str) -> timedelta:
 
 def parse_idle_timeout(text: str) -> timedelta:
     return parse_duration(text, "--idle-timeout")
+
+
+def parse_wait(text: str) -> timedelta:
+    return parse_duration(text, "--wait")

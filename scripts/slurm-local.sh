@@ -12,7 +12,10 @@
 #
 # Settings (environment): DEEPOPS_SLURM_DIR (state, default /tmp/deepops-slurm), DEEPOPS_SLURM_GPUS
 # (total fake GPUs, split over the two nodes, default 4), DEEPOPS_SLURM_PORT (slurmctld's port;
-# the nodes use the next two, default 6917). A start with other settings than the running
+# the nodes use the next two, default 6917), DEEPOPS_SLURM_ACCOUNTING=1 (accounting through slurmdbd
+# and the local MariaDB, root without a password on 127.0.0.1:3306; slurmdbd listens on port+3 and
+# keeps a database `deepops_slurm_<port>` of its own, emptied at each start; default 0: the job
+# completion log only). A start with other settings than the running
 # cluster's restarts it. Slurm needs root here (daemons run as root; jobs run as the submitter).
 set -euo pipefail
 log() { echo "slurm-local: $*" >&2; }
@@ -20,6 +23,8 @@ log() { echo "slurm-local: $*" >&2; }
 DIR=${DEEPOPS_SLURM_DIR:-/tmp/deepops-slurm}
 GPUS=${DEEPOPS_SLURM_GPUS:-4}
 PORT=${DEEPOPS_SLURM_PORT:-6917}
+ACCOUNTING=${DEEPOPS_SLURM_ACCOUNTING:-0}
+DB=deepops_slurm_$PORT
 CONF=$DIR/etc/slurm.conf
 export SLURM_CONF=$CONF
 NODES=(n1 n2)
@@ -36,12 +41,41 @@ install() {
     || { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends slurm-wlm munge >&2; }
 }
 
-settings() { echo "gpus=$GPUS port=$PORT"; }
+install_dbd() {  # slurmdbd (accounting only); MariaDB is expected to run already
+  command -v slurmdbd >/dev/null && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    log "slurmdbd is not installed: apt-get install slurmdbd (as root, Debian/Ubuntu)"
+    return 1
+  fi
+  log "installing slurmdbd"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends slurmdbd >&2 \
+    || { apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends slurmdbd >&2; }
+}
+
+mysql_root() { mysql -uroot -h127.0.0.1 -P3306 --batch "$@"; }
+
+settings() { echo "gpus=$GPUS port=$PORT$([ "$ACCOUNTING" != 1 ] || echo ' accounting')"; }
+
+accounting_config() {  # slurm.conf lines, and slurmdbd.conf next to it (0600: it names the database)
+  if [ "$ACCOUNTING" != 1 ]; then
+    echo "AccountingStorageType=accounting_storage/none"
+    return 0
+  fi
+  printf '%s\n' AccountingStorageType=accounting_storage/slurmdbd AccountingStorageHost=127.0.0.1 \
+    "AccountingStoragePort=$((PORT + 3))" "AccountingStoragePass=$DIR/munge/munge.socket" \
+    AccountingStoreFlags=job_comment
+  (umask 077; printf '%s\n' AuthType=auth/munge "AuthInfo=socket=$DIR/munge/munge.socket" DbdHost=localhost \
+    DbdAddr=127.0.0.1 "DbdPort=$((PORT + 3))" SlurmUser=root "LogFile=$DIR/log/slurmdbd.log" \
+    "PidFile=$DIR/run/slurmdbd.pid" StorageType=accounting_storage/mysql StorageHost=127.0.0.1 \
+    StoragePort=3306 StorageUser=root "StorageLoc=$DB" > "$DIR/etc/slurmdbd.conf")
+}
 
 write_config() {
   local per=$((GPUS / 2)) rest=$((GPUS - GPUS / 2)) host
   host=$(hostname -s)
   mkdir -p "$DIR"/{etc,dev,run,log,ctld,munge,jobs} "$DIR"/spool/{n1,n2}
+  rm -f "$DIR/etc/slurmdbd.conf"
   chmod 755 "$DIR"; chmod 700 "$DIR/munge"
   chmod 1777 "$DIR/jobs"
   rm -f "$DIR"/dev/nvidia*
@@ -86,7 +120,7 @@ MinJobAge=600
 InactiveLimit=0
 JobCompType=jobcomp/filetxt
 JobCompLoc=$DIR/log/jobcomp.log
-AccountingStorageType=accounting_storage/none
+$(accounting_config)
 JobAcctGatherType=jobacct_gather/none
 NodeName=n1 NodeAddr=127.0.0.1 Port=$((PORT + 1)) CPUs=8 RealMemory=4000$(node_gres "$per") State=UNKNOWN
 NodeName=n2 NodeAddr=127.0.0.1 Port=$((PORT + 2)) CPUs=8 RealMemory=4000$(node_gres "$rest") State=UNKNOWN
@@ -97,11 +131,15 @@ EOF
 
 pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-running() { pid_alive "$DIR/run/slurmctld.pid" && pid_alive "$DIR/run/slurmd-n1.pid" && pid_alive "$DIR/run/slurmd-n2.pid"; }
+running() {
+  pid_alive "$DIR/run/slurmctld.pid" && pid_alive "$DIR/run/slurmd-n1.pid" && pid_alive "$DIR/run/slurmd-n2.pid" \
+    && { [ "$ACCOUNTING" != 1 ] || pid_alive "$DIR/run/slurmdbd.pid"; }
+}
 
 stop() {
   local f pid
-  for f in "$DIR"/run/slurmd-n1.pid "$DIR"/run/slurmd-n2.pid "$DIR"/run/slurmctld.pid "$DIR"/run/munged.pid; do
+  for f in "$DIR"/run/slurmd-n1.pid "$DIR"/run/slurmd-n2.pid "$DIR"/run/slurmctld.pid "$DIR"/run/slurmdbd.pid \
+    "$DIR"/run/munged.pid; do
     if pid_alive "$f"; then
       pid=$(cat "$f")
       kill "$pid" 2>/dev/null || true
@@ -112,8 +150,21 @@ stop() {
   done
 }
 
+start_dbd() {  # a clean accounting database (slurmctld -c starts job IDs over), then slurmdbd
+  mysql_root -e "DROP DATABASE IF EXISTS \`$DB\`" || { log "MariaDB does not answer as root on 127.0.0.1:3306"; return 1; }
+  slurmdbd 9>&-
+  local until=$((SECONDS + 30))
+  while [ "$SECONDS" -lt "$until" ]; do
+    timeout 5 sacctmgr -n -P show cluster >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  log "slurmdbd did not answer; log in $DIR/log/slurmdbd.log"
+  return 1
+}
+
 start() {
   install
+  [ "$ACCOUNTING" != 1 ] || install_dbd
   if running && head -n 1 "$CONF" 2>/dev/null | grep -qF "($(settings))"; then
     log "already running ($(settings))"
     return 0
@@ -124,6 +175,7 @@ start() {
   munged --socket="$DIR/munge/munge.socket" --key-file="$DIR/munge/munge.key" \
     --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munge.seed" --force 9>&-
   for _ in $(seq 1 50); do [ -S "$DIR/munge/munge.socket" ] && break; sleep 0.05; done
+  [ "$ACCOUNTING" != 1 ] || start_dbd
   slurmctld -c -f "$CONF" 9>&-  # -c: a clean start, no jobs from an earlier run
   for n in "${NODES[@]}"; do slurmd -N "$n" -f "$CONF" 9>&-; done
   for _ in $(seq 1 200); do

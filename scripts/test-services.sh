@@ -24,7 +24,13 @@ command -v pg_ctlcluster >/dev/null || ls /usr/lib/postgresql/*/bin/postgres >/d
 [ -x /usr/bin/chromium ] || need+=(chromium fonts-dejavu-core)  # the HTML cost report is opened in headless Chromium
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)  # the team server's web page is driven through it (selenium)
 command -v slurmctld >/dev/null && command -v munged >/dev/null || need+=(slurm-wlm munge)  # tests/test_slurm*.py (scripts/slurm-local.sh)
+command -v slurmdbd >/dev/null && command -v mariadbd >/dev/null || need+=(slurmdbd mariadb-server)  # tests/test_slurm_more.py: accounting
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+
+# MariaDB (Slurm accounting, tests/test_slurm_more.py): start it when it does not answer.
+if command -v mysqladmin >/dev/null && ! mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1; then
+  { command -v service >/dev/null && service mariadb start >&2; } || log "MariaDB does not answer on 127.0.0.1:3306"
+fi
 
 # PostgreSQL: reuse a server answering on 127.0.0.1:5432, else start the local cluster.
 if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then

@@ -56,7 +56,7 @@ def _refs(deepops, machine_id: str) -> dict:  # type: ignore[no-untyped-def]
 
 
 def test_a_lease_gets_its_gpus_waits_is_refused_and_release_frees_them(deepops, slurm_cluster):
-    _setup(deepops, slurm_cluster, wait="3s")
+    _setup(deepops, slurm_cluster, wait="2m")  # the refusal below waits `--wait 3s`, not this
     a = deepops.json(*UP, "--gpus", "A100-80GB:2")
     assert (a["status"], a["cloud"], a["host"], a["region"]) == ("ready", "slurm", "local-slurm", "gpu")
     refs = _refs(deepops, a["id"])
@@ -74,7 +74,7 @@ def test_a_lease_gets_its_gpus_waits_is_refused_and_release_frees_them(deepops, 
     foreign = _sbatch(slurm_cluster, f"--nodelist={other}", "--gres=gpu:a100:2", "--job-name=nightly")
     try:
         wait_for(lambda: _job(deepops, foreign).state == "RUNNING", 60, what="the foreign job to run")
-        refused = deepops.run(*UP, "--gpus", "A100-80GB:3")
+        refused = deepops.run(*UP, "--gpus", "A100-80GB:3", "--wait", "3s")
         assert refused.returncode != 0 and "Slurm could not start the lease within 3s: Resources" in refused.stderr
         assert _ours_pending(deepops) == []  # never a pending job left behind
 

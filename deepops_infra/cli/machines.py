@@ -35,6 +35,14 @@ Like = Annotated[
     str | None,
     typer.Option("--like", help="Same image pin, GPUs and target as an earlier machine (ID, or name: the latest)."),
 ]
+Wait = Annotated[
+    str | None,
+    typer.Option(
+        "--wait",
+        help="Slurm clusters only: how long a request Slurm cannot start now may wait before it is "
+        "cancelled and refused with Slurm's reason (e.g. 30s, 10m; default: the cluster's `wait:`, else 2m).",
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 Keep = Annotated[bool, typer.Option("--keep-on-failure", help="Leave a failed machine up for debugging.")]
@@ -133,6 +141,7 @@ def up(
     project: Project = None,
     name: Name = None,
     like: Like = None,
+    wait: Wait = None,
     yes: Yes = False,
     json_out: Json = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan, create nothing.")] = False,
@@ -157,6 +166,7 @@ def up(
         team=team,
         project=project,
         name=name,
+        wait=wait,
     )
     order, work = prepare(order, task_file, workdir)  # cli/work.py: validated and measured before any request
     if jupyter:
@@ -225,6 +235,7 @@ def run(
     project: Project = None,
     name: Name = None,
     like: Like = None,
+    wait: Wait = None,
     task_file: TaskFile = None,
     workdir: Workdir = None,
 ) -> None:
@@ -244,6 +255,7 @@ def run(
         team=team,
         project=project,
         name=name,
+        wait=wait,
     )
     order, work = prepare(order, task_file, workdir)  # cli/work.py: validated and measured before any request
     shown, command = " ".join(command or []) or str(work.task and work.task.run), work.command(command)

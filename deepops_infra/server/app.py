@@ -61,6 +61,7 @@ class MachineIn(BaseModel):
     name: str | None = Field(None, max_length=64)
     like: str | None = Field(None, max_length=64, description="an earlier machine you may see: same pin, GPUs, target")
     image_pin: str | None = Field(None, max_length=512, description="refuse unless the image pins exactly this now")
+    wait: str | None = Field(None, max_length=16, description="Slurm clusters: how long a job may wait to start")
     keep_on_failure: bool = Field(False, description="leave a failed machine up for debugging (end it with DELETE)")
     dry_run: bool = False
 

@@ -47,6 +47,7 @@ class MachineOrder:
     name: str | None = None
     like: str | None = None  # an earlier machine (ID, or name: the latest) to copy pin, GPUs and target from
     image_pin: str | None = None  # a task file's pin (`deepops show --spec`): refused when the image moved on
+    wait: str | None = None  # Slurm clusters: how long a job Slurm cannot start now may wait (default: cluster's)
 
     def options(self) -> "Options":
         from dataclasses import asdict

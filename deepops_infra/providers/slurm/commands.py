@@ -191,21 +191,29 @@ class Slurm:
     def version(self) -> str:
         return self.run(["sinfo", "--version"]).strip()
 
-    def accounting_end(self, job_id: str) -> tuple[datetime | None, datetime | None]:
-        """(start, end) of an ended job from accounting (slurmdbd) or the job completion log."""
-        for command in (
-            ["sacct", "-n", "-X", "-P", "-o", "Start,End", "-j", job_id],
-            ["sacct", "-c", "-n", "-P", "-o", "Start,End", "-j", job_id],
-        ):
-            try:
-                out = self.run(command)
-            except SlurmError:
-                continue
-            for line in out.splitlines():
-                start, _, end = line.partition("|")
-                parsed = [_parse_local(start), _parse_local(end)]
-                if parsed[1] is not None:
-                    return parsed[0], parsed[1]
+    def accounted(self, job_id: str) -> tuple[datetime | None, datetime | None]:
+        """(start, end) of an ended job from accounting (`sacct --json`, slurmdbd); (None, None)
+        where the cluster has no accounting or has not recorded the end yet."""
+        try:
+            raw = self.json(["sacct", "--json", "-j", job_id])
+        except SlurmError:
+            return None, None  # no slurmdbd: "accounting storage is disabled"
+        for job in raw.get("jobs", []):
+            times = job.get("time") or {}
+            if str(job.get("job_id")) == job_id and _time(times.get("end")) is not None:
+                return _time(times.get("start")), _time(times.get("end"))
+        return None, None
+
+    def completion_log(self, job_id: str) -> tuple[datetime | None, datetime | None]:
+        """(start, end) of an ended job from the job completion log (`sacct -c`, jobcomp/filetxt)."""
+        try:
+            out = self.run(["sacct", "-c", "-n", "-P", "-o", "Start,End", "-j", job_id])
+        except SlurmError:
+            return None, None
+        for line in out.splitlines():
+            start, _, end = line.partition("|")
+            if _parse_local(end) is not None:
+                return _parse_local(start), _parse_local(end)
         return None, None
 
     # -- acting ---------------------------------------------------------------------------------

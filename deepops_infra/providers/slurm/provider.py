@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from deepops_infra.images import Image
     from deepops_infra.request import MachineRequest
 
+Ended = tuple[datetime | None, datetime | None, str]  # Slurm's start, end, and which record said so
 POLL = 0.3
 SLOW_POLL = 1.0  # a job still waiting after a few seconds: squeue once a second
 END_WAIT = 60.0  # seconds a cancelled job may take to end (KillWait and the epilog)
@@ -53,7 +54,7 @@ class SlurmProvider(Provider):
         self.ledger = ledger
         self._pool: Pool | None = None
         self._listed: dict[str, dict[str, Job]] = {}  # cluster -> job ID -> job, by the last discover()
-        self._ended: dict[str, tuple[datetime | None, datetime | None]] = {}  # machine -> Slurm's start, end
+        self._ended: dict[str, Ended] = {}  # machine -> Slurm's start, end and where they came from
 
     @property
     def pool(self) -> Pool:
@@ -195,7 +196,8 @@ class SlurmProvider(Provider):
             raise ProvisionError(f"Slurm refused the job: {_reason_text(exc)}", created=False) from None
         refs = {"created": True, "cluster": cluster.name, "job_id": job_id, "workspace": workspace}
         self._save_refs(machine, refs)  # the job exists: a crash from here on leaves a traceable job
-        job = self._await_start(slurm, job_id, cluster.wait_seconds, progress)
+        wait = machine.request.get("wait")  # `--wait`, else the cluster's setting
+        job = self._await_start(slurm, job_id, float(wait) if wait is not None else cluster.wait_seconds, progress)
         self._started(machine, job)
         return refs | {
             "node": job.nodes,
@@ -365,7 +367,7 @@ class SlurmProvider(Provider):
         cluster = self.cluster(refs.get("cluster") or machine.host or "")
         slurm = self.slurm(cluster)
         job = self._cancel_and_confirm(slurm, refs["job_id"])
-        self._ended[machine.id] = (job.start, job.end) if job else slurm.accounting_end(refs["job_id"])
+        self._ended[machine.id] = _end_record(slurm, refs["job_id"], job)
         self._remove_workspace(cluster, refs.get("workspace"), machine.id)
 
     def _remove_workspace(self, cluster: PoolCluster, workspace: str | None, machine_id: str) -> None:
@@ -395,9 +397,11 @@ class SlurmProvider(Provider):
         from deepops_infra.ledger.schema import UsageInterval
         from deepops_infra.pricing import epoch_us
 
-        start, end = self._ended.pop(machine.id, (None, None))
+        start, end, source = self._ended.pop(machine.id, (None, None, ""))
         if end is None or end > at:
             return
+        row = store.find_machine(session, machine.id)
+        row.provider_refs = {**(row.provider_refs or {}), "usage_from": source}
         for interval in session.scalars(select(UsageInterval).where(UsageInterval.machine_id == machine.id)):
             if start is not None and interval.started_at < start:
                 interval.started_at = min(start, interval.ended_at or start)
@@ -460,15 +464,13 @@ class SlurmProvider(Provider):
         if listed is None or not job_id:
             return None
         job = listed.get(job_id)
-        if job is not None:
-            if job.active:
-                return None
-            self._ended[machine.id] = (job.start, job.end)
-            return job.end or datetime.now(UTC)
-        start, end = self.slurm(self.cluster(refs.get("cluster") or machine.host or "")).accounting_end(job_id)
-        if end is not None:
-            self._ended[machine.id] = (start, end)
-        return end
+        if job is not None and job.active:
+            return None
+        ended = _end_record(self.slurm(self.cluster(refs.get("cluster") or machine.host or "")), job_id, job)
+        if ended[1] is not None:
+            self._ended[machine.id] = ended
+            return ended[1]
+        return datetime.now(UTC) if job is not None else None
 
     def terminate_resource(self, resource: Resource) -> str | None:
         """Cancel an orphan job, after reading its marks again from Slurm itself."""
@@ -592,6 +594,18 @@ class SlurmProvider(Provider):
 
 def _same_model(offered: str | None, wanted: str) -> bool:
     return offered is not None and (offered == wanted or offered.startswith(wanted + "-"))
+
+
+def _end_record(slurm: Slurm, job_id: str, job: Job | None) -> Ended:
+    """Slurm's start and end of an ended job: from accounting (slurmdbd) where the cluster has it,
+    else the controller's memory (`squeue`, for MinJobAge), else the job completion log."""
+    start, end = slurm.accounted(job_id)
+    if end is not None:
+        return start, end, "sacct"
+    if job is not None and job.end is not None:
+        return job.start, job.end, "squeue"
+    start, end = slurm.completion_log(job_id)
+    return start, end, "jobcomp"
 
 
 def _queue_position(job: Job, jobs: list[Job]) -> int:
