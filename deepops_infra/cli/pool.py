@@ -116,6 +116,8 @@ def ls(
 
         s = settings()
         rows = list_hosts(s, open_ledger(s, create=False), detect=detect)
+    from deepops_infra.money import exact
+
     if json_out:
         print_json(rows)
         return
@@ -128,7 +130,7 @@ def ls(
                 r["connection"] + (f" {r.get('address')}:{r.get('port')}" if r["connection"] == "ssh" else ""),
                 ", ".join(f"{g['index']}:{g['name']}" for g in r["gpus_offered"]) or "none",
                 ",".join(map(str, r["gpus_leased"])) or "-",
-                f"${r['rates']['gpu_hour']}/GPU-h ${r['rates']['host_hour']}/host-h",
+                f"{exact(r['rates']['gpu_hour'])}/GPU-h {exact(r['rates']['host_hour'])}/host-h",
                 r["gpu_source"],
             ]
             for r in rows
@@ -144,7 +146,7 @@ def ls(
                     r["kind"],
                     ",".join(r["partitions"]),
                     r["error"] or ", ".join(f"{m} {g['free']}/{g['total']}" for m, g in r["gpus_free"].items()),
-                    f"${r['rates']['gpu_hour']}/GPU-h ${r['rates']['node_hour']}/node-h",
+                    f"{exact(r['rates']['gpu_hour'])}/GPU-h {exact(r['rates']['node_hour'])}/node-h",
                 ]
                 for r in clusters
             ],
