@@ -24,9 +24,11 @@ per-machine lock (reaper/lock.py) and a re-read of the row under it make two rea
 machine exactly once. Every action is an event with its reason.
 """
 
+import gc
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,6 +67,23 @@ PRIORITY = {
     "orphan": 8,
 }
 GHOST_STATES = (states.READY, states.IDLE, states.TERMINATING, states.FAILED)
+
+
+@contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Keep what the process held before the cycle out of the garbage collector's passes during it.
+
+    A cycle over 10,000 instances allocates enough to run the collector's oldest generation several
+    times, and each pass walks every object of the process (SDK service models, the ORM, a server's
+    app): frozen, a dry run over 10,000 instances took 1.7 s less CPU (8.6 s -> 6.9 s,
+    tests/benchmarks/bench_reaper.py). Frozen objects are only skipped by the passes, not leaked: they
+    go back into the oldest generation when the cycle ends, and what the cycle makes is collected as
+    usual."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -195,6 +214,10 @@ class Reaper:
     # -- the cycle ----------------------------------------------------------------------------
 
     def run(self, dry_run: bool = False) -> Report:
+        with _frozen_heap():
+            return self._cycle(dry_run)
+
+    def _cycle(self, dry_run: bool) -> Report:
         t0 = time.monotonic()
         now = store.now()
         report = Report(started_at=now, dry_run=dry_run)

@@ -6,7 +6,10 @@
 1. A dry-run reaper cycle over N instances in a moto server (its own process, so the CPU time
    is the reaper's) across two regions, through the real AWS provider: wall time, CPU time and
    API calls by operation, next to the bare boto3 listing of the same instances (the same
-   paginated, filtered DescribeInstances; goal: the cycle's CPU <= 1.2x the listing's).
+   paginated, filtered DescribeInstances; goal: the cycle's CPU <= 1.2x the listing's). The garbage
+   collector's share of each is shown, and the listing again with the process's earlier objects
+   frozen, as a cycle runs (reaper/cycle.py): next to that one, the cycle's figure is the reaper's
+   own work alone.
    Discovery is paginated (100 per page) and filtered server-side, so
    DescribeInstances calls grow with pages, not instances; `--managed` of them have live ledger
    rows, whose utilization the provider reads from CloudWatch (calls per machine), the rest are
@@ -71,6 +74,20 @@ def free_port() -> int:
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class GcTime:
+    """CPU seconds the garbage collector's passes took (gc.callbacks): how much of a figure is theirs."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+        else:
+            self.total += time.process_time() - self._start
 
 
 def bare_listing(clients: Any, regions: tuple[str, ...], installation: str) -> tuple[float, float, int]:
@@ -191,7 +208,19 @@ def bench_aws_dry_run(
                     "before-call.*.*",
                     lambda model, **_: calls.update([model.service_model.service_name + ":" + model.name]),
                 )
+        import gc
+
+        gc_time = GcTime()
+        gc.callbacks.append(gc_time)
         bare_wall, bare_cpu, listed = bare_listing(clients, regions, inst)
+        bare_gc = gc_time.total
+        # The same listing with the process's earlier objects frozen, as a cycle runs (reaper/cycle.py
+        # _frozen_heap): the collector's passes over them are no part of either, so this is the floor
+        # that compares the reaper's own work alone.
+        gc.freeze()
+        _, bare_frozen_cpu, _ = bare_listing(clients, regions, inst)
+        gc.unfreeze()
+        gc_before_cycle = gc_time.total
         calls.clear()  # the cycle's own calls only
         reaper = Reaper(settings, ledger, {"aws": provider})
         profiler = None
@@ -203,6 +232,8 @@ def bench_aws_dry_run(
         wall0, cpu0 = time.monotonic(), cpu_seconds()
         report = reaper.run(dry_run=True)
         wall, cpu = time.monotonic() - wall0, cpu_seconds() - cpu0
+        cycle_gc = gc_time.total - gc_before_cycle
+        gc.callbacks.remove(gc_time)
         # A second cycle, as a reaper service runs them: its clients and their service models are
         # loaded (the first cycle pays for the CloudWatch client the bare listing does not need).
         first_calls = dict(calls)
@@ -224,9 +255,13 @@ def bench_aws_dry_run(
             "bare_listing_instances": listed,
             "bare_listing_wall_seconds": round(bare_wall, 2),
             "bare_listing_cpu_seconds": round(bare_cpu, 2),
+            "bare_listing_gc_cpu_seconds": round(bare_gc, 2),  # the collector's passes, part of the CPU above
+            "bare_listing_frozen_heap_cpu_seconds": round(bare_frozen_cpu, 2),
             "cycle_wall_seconds": round(wall, 2),
             "cycle_cpu_seconds": round(cpu, 2),
+            "cycle_gc_cpu_seconds": round(cycle_gc, 2),
             "cycle_cpu_over_bare_listing": round(cpu / bare_cpu, 2) if bare_cpu else None,
+            "cycle_cpu_over_bare_listing_frozen_heap": round(cpu / bare_frozen_cpu, 2) if bare_frozen_cpu else None,
             "second_cycle_cpu_seconds": round(again, 2),
             "second_cycle_cpu_over_bare_listing": round(again / bare_cpu, 2) if bare_cpu else None,
             "goal_cpu_ratio": GOAL_CPU_RATIO,

@@ -14,6 +14,7 @@ from typing import Any
 from deepops_infra import tags
 from deepops_infra.agent.settings import CLOUDWATCH_NAMESPACE
 from deepops_infra.errors import OperationError, UserError
+from deepops_infra.providers.aws import metricdata
 from deepops_infra.providers.aws.clients import Clients
 from deepops_infra.providers.base import Resource, Utilization
 
@@ -88,10 +89,10 @@ def _metric_data(cw: Any, queries: list[dict[str, Any]], start: datetime, end: d
         chunk = [{**q, "Id": f"q{first + n}"} for n, q in enumerate(queries[first : first + MAX_QUERIES])]
         token: str | None = None
         while True:
-            args: dict[str, Any] = {"MetricDataQueries": chunk, "StartTime": start, "EndTime": end}
+            args: dict[str, Any] = {"StartTime": start, "EndTime": end}
             if token:
                 args["NextToken"] = token
-            answer = cw.get_metric_data(**args)
+            answer = metricdata.get_metric_data(cw, chunk, **args)
             for result in answer.get("MetricDataResults", []):
                 index = int(result["Id"][1:])
                 points[index] += zip(result.get("Timestamps") or [], result.get("Values") or [], strict=False)
