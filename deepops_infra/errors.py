@@ -23,6 +23,10 @@ class CapacityError(UserError):
     """No target has room for the request right now (nothing was written)."""
 
 
+class ConflictError(UserError):
+    """The request cannot be done in the present state of things (a file managed elsewhere, ...)."""
+
+
 class NotFoundError(UserError):
     """A machine, host or image named on the command line does not exist."""
 

@@ -5,6 +5,7 @@ its GPUs detected (optionally restricted with `gpu_indexes`) or declares them un
 where detection is not possible. Hourly rates are required: on-prem time is never free.
 """
 
+import contextlib
 import math
 import os
 import re
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from deepops_infra.accelerators import ACCELERATORS, canonical_model
-from deepops_infra.errors import NotFoundError, UserError
+from deepops_infra.errors import ConflictError, NotFoundError, UserError
 from deepops_infra.yamlfile import FileError, Mapping, Sequence, load_yaml
 
 if TYPE_CHECKING:
@@ -232,12 +233,19 @@ class Pool:
         body["hosts"] = [h.to_dict() for h in explicit]
         if self.clusters:
             body["clusters"] = [c.to_dict() for c in self.clusters]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = "# deepops on-prem pool; see docs/pools.md\n" + yaml.safe_dump(body, sort_keys=False)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(
-            "# deepops on-prem pool; see README.md, section 'On-prem pool'\n" + yaml.safe_dump(body, sort_keys=False)
-        )
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise ConflictError(
+                f"the pool file {self.path} cannot be written here ({exc.strerror or exc}); it is managed "
+                "elsewhere (e.g. a read-only Kubernetes ConfigMap): change it there"
+            ) from None
 
 
 def load_pool(path: Path) -> Pool:

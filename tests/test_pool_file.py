@@ -415,3 +415,20 @@ def test_parse_host_entry_with_declared_gpus(tmp_path):
         tmp_path / "pool.yaml",
     )
     assert host.declared_gpus == (DeclaredGpu(0, "A100-80GB"), DeclaredGpu(1, "A100-80GB"))
+
+
+def test_a_pool_file_that_cannot_be_written_is_a_clear_conflict(tmp_path, monkeypatch):
+    """A pool managed elsewhere (a read-only ConfigMap in Kubernetes): one line, nothing half-written."""
+    from deepops_infra.errors import ConflictError
+
+    path = tmp_path / "pool.yaml"
+    pool = load_pool(path)
+    pool.hosts.append(PoolHost(name="gpu-a", connection="ssh", address="10.0.0.7", gpu_hour=1.0, host_hour=0.1))
+
+    def refuse(*_: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("deepops_infra.pool.os.replace", refuse)
+    with pytest.raises(ConflictError, match=r"pool file .* cannot be written here \(Read-only file system\)"):
+        pool.save()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

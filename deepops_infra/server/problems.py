@@ -4,7 +4,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from deepops_infra.errors import CapacityError, DeepopsError, NotFoundError, PolicyError, UserError
+from deepops_infra.errors import CapacityError, ConflictError, DeepopsError, NotFoundError, PolicyError, UserError
 
 MEDIA_TYPE = "application/problem+json"
 TITLES = {
@@ -52,7 +52,7 @@ def status_for(exc: DeepopsError) -> int:
         return 404
     if isinstance(exc, PolicyError):
         return 403
-    if isinstance(exc, CapacityError):
+    if isinstance(exc, CapacityError | ConflictError):
         return 409
     if isinstance(exc, UserError):
         return 422
