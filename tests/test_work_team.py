@@ -138,3 +138,24 @@ def test_the_machine_view_lists_jobs_and_shows_a_log(team: tuple[Served, Path], 
     assert browser.find_element(By.ID, "jobs-title").text == "Jobs in m-alice001"
     no_external_requests(browser, served)
     browser.save_screenshot(str(tmp_path / "jobs.png"))
+
+
+def test_up_jupyter_through_the_server(team: tuple[Served, Path]) -> None:
+    """`up --jupyter` in team mode: the server's machine, Jupyter started and forwarded through the
+    brokered session, a local URL that answers with its token; `down` ends the forward."""
+    import re
+
+    from tests.test_jupyter import URL, status_of
+
+    served, base = team
+    alice = laptop(served, base, "alice")
+    up = cli(alice, "up", "--image", "cpu-jupyter", "--jupyter", "--ttl", "30m", "--yes")
+    assert up.returncode == 0, up.stderr + served.log()[-2000:]
+    match = URL.fullmatch(up.stdout.strip().splitlines()[-1])
+    assert match, up.stdout
+    api = f"http://127.0.0.1:{match[1]}/api/status"
+    assert status_of(api, {"Authorization": f"token {match[2]}"}) == 200 and status_of(api) == 403
+    machine = re.search(r"(m-[0-9a-f]{8}) is ready", up.stderr)[1]  # type: ignore[index]
+    down = cli(alice, "down", machine, "--yes")
+    assert down.returncode == 0, down.stderr
+    wait_for(lambda: not list((base / "alice" / "jupyter").glob("*.json")), 60, "the forward record gone")
