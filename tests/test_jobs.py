@@ -1,7 +1,9 @@
 """Detached jobs: the scripts that start, list and show jobs, run in a workspace as in a machine."""
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,11 +14,14 @@ from tests.conftest import wait_for
 
 
 @pytest.fixture
-def machine(tmp_path: Path) -> dict[str, str]:
+def machine(tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment a command gets in a machine (what env.sh exports)."""
     workspace = tmp_path / "m-0123abcd"
     workspace.mkdir()
-    return {**os.environ, "DEEPOPS_WORKSPACE": str(workspace), "DEEPOPS_MACHINE": "m-0123abcd"}
+    yield {**os.environ, "DEEPOPS_WORKSPACE": str(workspace), "DEEPOPS_MACHINE": "m-0123abcd"}
+    for pid_file in workspace.glob(".deepops/jobs/*/pid"):  # a failed test leaves no job behind
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int(pid_file.read_text()), 9)
 
 
 def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
