@@ -5,12 +5,13 @@ for a server caller, whose role decides what they may see and ask for.
     request --plan()--> Planned --record()--> machine row (+ its fallback offers) --launch()--> ready
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from deepops_infra.errors import NotFoundError
+from deepops_infra.intake import Options
 from deepops_infra.service.access import LISTERS, LOCAL, Actor, ForbiddenError, is_local, need, scope
 
 if TYPE_CHECKING:
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 
     from deepops_infra.config import Settings
     from deepops_infra.images import Image
-    from deepops_infra.intake import Options
     from deepops_infra.ledger.db import Ledger
     from deepops_infra.ledger.schema import Machine
     from deepops_infra.progress import Progress
@@ -27,34 +27,15 @@ if TYPE_CHECKING:
     from deepops_infra.views import MachineView
 
 
-@dataclass(frozen=True)
-class MachineOrder:
-    """A machine as asked for (CLI options or the API's body); None means "not given".
-    plan() validates it: nothing is written before it has."""
+@dataclass
+class MachineOrder(Options):
+    """A machine as asked for (CLI options or the API's body): intake's Options, and an earlier
+    machine to copy from; None means "not given". plan() validates it: nothing is written before."""
 
-    gpus: str | None = None
-    cloud: str | None = None
-    region: str | None = None
-    host: str | None = None
-    image: str | None = None
-    spot: bool | None = None
-    ttl: str | None = None
-    idle_timeout: str | None = None
-    disk: int | None = None
-    owner: str | None = None
-    team: str | None = None
-    project: str | None = None
-    name: str | None = None
     like: str | None = None  # an earlier machine (ID, or name: the latest) to copy pin, GPUs and target from
-    image_pin: str | None = None  # a task file's pin (`deepops show --spec`): refused when the image moved on
-    wait: str | None = None  # Slurm clusters: how long a job Slurm cannot start now may wait (default: cluster's)
 
-    def options(self) -> "Options":
-        from dataclasses import asdict
-
-        from deepops_infra.intake import Options
-
-        return Options(**{k: v for k, v in asdict(self).items() if k != "like"})
+    def options(self) -> Options:
+        return Options(**{f.name: getattr(self, f.name) for f in fields(Options)})
 
 
 @dataclass

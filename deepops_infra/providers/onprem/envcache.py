@@ -84,3 +84,52 @@ class EnvCacheSettings:
             "pinned_env_cache_max_size_gb": args["max_size_gb"],
             "pinned_env_verify": args["verify"],
         }
+
+
+def configure_request(
+    settings: Settings,
+    image: Any,
+    workspace: str,
+    python: str,
+    cache_host: PoolHost,
+    agent: dict[str, Any] | None,
+    start_agent: bool = True,
+) -> dict[str, Any]:
+    """The host-side `configure` call's arguments (deepops_onprem_host: the image's environment
+    from the host's cache, then the agent), the same for a pool host and a cluster's login node.
+    `agent`: the agent role's variables (AgentSettings.role_vars), or None for no agent;
+    `start_agent` False when something else starts it (a Slurm job's batch script)."""
+    from pathlib import Path
+
+    from deepops_infra.errors import OperationError
+    from deepops_infra.images import verify_onprem_lock
+
+    assert image.onprem is not None
+    if problem := verify_onprem_lock(image):
+        raise OperationError(f"configuring {image.name}: {problem}")
+    cache = EnvCacheSettings.load(settings)
+    agent_args = None
+    if agent:
+        agent_args = {
+            "config": agent["agent_config"],
+            "python": agent["agent_python"],
+            "source": Path(agent["agent_source"]).read_text(),
+        }
+        if not start_agent:
+            agent_args["start"] = False
+    return {
+        "workspace": workspace,
+        "lock_text": image.onprem.lock_path.read_bytes().decode(),
+        "lock_sha256": image.onprem.sha256,
+        "python": python,
+        "cache": cache.host_args(settings, cache_host, str(Path(workspace).parent / ".pip-cache")),
+        "agent": agent_args,
+    }
+
+
+def configured_manifest(done: dict[str, Any], image: Any) -> dict[str, Any]:
+    """The machine's manifest from the host-side `configure` answer."""
+    manifest = dict(done["manifest"])
+    manifest["environment"] = {k: done["env"].get(k) for k in ("key", "built", "repaired", "build_seconds")}
+    manifest["image_pin"] = image.onprem.pin
+    return manifest

@@ -236,35 +236,17 @@ class OnpremProvider(Provider):
 
     def configure(self, machine: Machine, image: "Image", progress: Progress) -> dict[str, Any]:
         """The image's environment from the host's cache (built there once per lock), and the agent."""
-        from deepops_infra.images import verify_onprem_lock
+        from deepops_infra.providers.onprem.envcache import configure_request, configured_manifest
 
         assert image.onprem is not None
         host = self._host(machine)
         workspace = machine.provider_refs["workspace"]
-        if problem := verify_onprem_lock(image):
-            raise OperationError(f"configuring {image.name}: {problem}")
-        cache = EnvCacheSettings.load(self.settings)
         agent = self._agent_vars(machine, host, workspace)
+        args = configure_request(self.settings, image, workspace, host.python, host, agent)
         progress.detail(f"pinned environment sha256:{image.onprem.sha256[:12]} (built once per host)")
-        args = {
-            "workspace": workspace,
-            "lock_text": image.onprem.lock_path.read_bytes().decode(),
-            "lock_sha256": image.onprem.sha256,
-            "python": host.python,
-            "cache": cache.host_args(self.settings, host, str(Path(workspace).parent / ".pip-cache")),
-            "agent": {
-                "config": agent["agent_config"],
-                "python": agent["agent_python"],
-                "source": Path(agent["agent_source"]).read_text(),
-            }
-            if agent
-            else None,
-        }
         done = self._host_call(host, "configure", args, f"configuring {image.name} on {host.name} failed")
-        manifest = dict(done["manifest"])
-        manifest["environment"] = {k: done["env"].get(k) for k in ("key", "built", "repaired", "build_seconds")}
+        manifest = configured_manifest(done, image)
         manifest["driver_version"] = machine.provider_refs.get("driver_version")
-        manifest["image_pin"] = image.onprem.pin
         return manifest
 
     def validate(self, machine: Machine, image: "Image", progress: Progress) -> dict[str, Any]:
@@ -333,20 +315,9 @@ class OnpremProvider(Provider):
         )
 
     def _ssh(self, host: PoolHost) -> list[str]:
-        ssh = [
-            "ssh",
-            "-p",
-            str(host.port),
-            "-o",
-            "StrictHostKeyChecking=accept-new",
-            "-o",
-            f"UserKnownHostsFile={self.settings.home / 'known_hosts'}",
-            "-o",
-            "BatchMode=yes",
-        ]
-        if host.key:
-            ssh += ["-i", str(Path(host.key).expanduser())]
-        return ssh
+        from deepops_infra.providers.onprem.session import pool_ssh
+
+        return pool_ssh(self.settings.home, host)
 
     def _on_host(self, host: PoolHost, argv: list[str], stdin: str | None = None) -> str:
         """Run a short command on the host (locally or over SSH); its stdout, or OperationError."""

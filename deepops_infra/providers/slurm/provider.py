@@ -288,13 +288,10 @@ class SlurmProvider(Provider):
         with the nodes), and the agent's files; the batch script starts the agent in the allocation.
         The same host-side code as an on-prem host's lease (providers/onprem/hostcall.py)."""
         from deepops_infra.agent.settings import AgentSettings
-        from deepops_infra.images import verify_onprem_lock
         from deepops_infra.providers.onprem import hostcall
-        from deepops_infra.providers.onprem.envcache import EnvCacheSettings
+        from deepops_infra.providers.onprem.envcache import configure_request, configured_manifest
 
         assert image.onprem is not None
-        if problem := verify_onprem_lock(image):
-            raise OperationError(f"configuring {image.name}: {problem}")
         cluster = self.cluster(machine.host or "")
         workspace = machine.provider_refs["workspace"]
         login = self._login_host(cluster)
@@ -307,31 +304,14 @@ class SlurmProvider(Provider):
             workspace=workspace,
             gpu_indexes=list(machine.provider_refs.get("gpu_indexes") or []),
         )
-        cache = EnvCacheSettings.load(self.settings)
+        # the batch script starts the agent inside the allocation
+        args = configure_request(self.settings, image, workspace, cluster.python, login, agent, start_agent=False)
         progress.detail(f"pinned environment sha256:{image.onprem.sha256[:12]} (built once per login node)")
-        args = {
-            "workspace": workspace,
-            "lock_text": image.onprem.lock_path.read_bytes().decode(),
-            "lock_sha256": image.onprem.sha256,
-            "python": cluster.python,
-            "cache": cache.host_args(self.settings, login, str(Path(workspace).parent / ".pip-cache")),
-            "agent": {
-                "config": agent["agent_config"],
-                "python": agent["agent_python"],
-                "source": Path(agent["agent_source"]).read_text(),
-                "start": False,  # the batch script starts it inside the allocation
-            }
-            if agent
-            else None,
-        }
         try:
             done = hostcall.call(self.settings, login, self.slurm(cluster).ssh_options(), "configure", args)
         except OperationError as exc:
             raise type(exc)(f"configuring {image.name} on {cluster.name} failed: {exc}") from None
-        manifest = dict(done["manifest"])
-        manifest["environment"] = {k: done["env"].get(k) for k in ("key", "built", "repaired", "build_seconds")}
-        manifest["image_pin"] = image.onprem.pin
-        return manifest
+        return configured_manifest(done, image)
 
     def _login_host(self, cluster: PoolCluster) -> PoolHost:
         """The cluster's controller side as a pool host, for the configure play."""
