@@ -3,6 +3,8 @@ lease) and on a real sshd host, team mode through a real server with member toke
 machine's owner and their admins get in, every session is audited, a revoked token ends one)."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -168,10 +170,39 @@ def test_a_lease_on_an_ssh_host(sqlite_deepops: Deepops, sshd: Any, tmp_path: Pa
 # -- team mode: through the server ------------------------------------------------------------------
 
 
-def _audit(s: Served, action: str) -> list[tuple[str | None, str | None, int, str]]:
+def _audit(s: Served, action: str, detail: bool = False) -> list[tuple[Any, ...]]:
     with s.db().read() as session:
         rows = session.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id))
-        return [(e.actor, e.target, e.status_code, e.outcome) for e in rows]
+        return [(e.actor, e.target, e.status_code, e.outcome, *((e.detail,) if detail else ())) for e in rows]
+
+
+def _killed_while_the_machine_writes(served: Served, env: dict[str, str]) -> None:
+    """A client that dies while the machine is still sending ends its session normally ("ok")."""
+    flood = subprocess.Popen(
+        [*CLI, "ssh", "m-alice001", "--", "yes"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert flood.stdout is not None and flood.stdout.read(256 * 1024)
+    finally:
+        os.killpg(flood.pid, signal.SIGKILL)
+        flood.wait(timeout=60)
+
+    def flood_ended() -> tuple[Any, ...] | None:  # the one session that sent what was read, and more
+        sent = [row for row in _audit(served, "ssh_session_end", detail=True) if _bytes_out(row[4]) >= 256 * 1024]
+        return sent[0] if sent else None
+
+    ended = wait_for(flood_ended, 120, what="the session to end")
+    assert ended[3] == "ok" and ended[4].startswith("the client closed the session"), ended
+
+
+def _bytes_out(detail: str | None) -> int:
+    match = re.search(r"(\d+) B out", detail or "")
+    return int(match.group(1)) if match else 0
 
 
 def test_team_sessions_are_brokered_checked_audited_and_revoked(served: Served, tmp_path: Path) -> None:
@@ -197,6 +228,7 @@ def test_team_sessions_are_brokered_checked_audited_and_revoked(served: Served, 
     _scp(config, tmp_path / "train.py", "deepops-m-alice001:train.py", alice)
     assert (workspace / "train.py").read_text() == "print('hi')\n"
     _forwarded(CLI, alice, "m-alice001", workspace)
+    _killed_while_the_machine_writes(served, alice)
 
     # Her team-admin may open it; another member (a shell or a port) and finance get a 404.
     tina = subprocess.run([*CLI, "ssh", "m-alice001", "--", "echo", "tina"], env=laptop("tina"), capture_output=True)
@@ -218,7 +250,8 @@ def test_team_sessions_are_brokered_checked_audited_and_revoked(served: Served, 
     opened = _audit(served, "ssh_session")
     assert ("alice", "m-alice001", 101, "ok") in opened and ("tina", "m-alice001", 101, "ok") in opened
     assert ("bob", "m-alice001", 404, "refused") in opened and not any(u == "bob" and s == 101 for u, _, s, _ in opened)
-    assert all(outcome == "ok" for actor, _, _, outcome in _audit(served, "ssh_session_end") if actor == "alice")
+    ended = _audit(served, "ssh_session_end", detail=True)
+    assert all(outcome == "ok" for actor, _, _, outcome, _ in ended if actor == "alice"), ended
 
     # A revoked token ends the session it opened.
     token = make_token(ledger, "alice", None, None)
@@ -241,3 +274,63 @@ def test_team_sessions_are_brokered_checked_audited_and_revoked(served: Served, 
     assert held.returncode != 0 and "the token was revoked" in err, err
     assert ("alice", "m-alice001", 4401, "refused") in _audit(served, "ssh_session_end")
     end_processes_under(tmp_path)
+
+
+# -- how a session's end is classified (the two pumps, with stand-ins for the socket and the process)
+
+
+class _Pipe:
+    def __init__(self, chunks: list[bytes] | None = None, broken: bool = False) -> None:
+        self.chunks, self.broken = chunks or [], broken
+
+    async def read(self, _: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def write(self, _: bytes) -> None:
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    async def drain(self) -> None:
+        if self.broken:
+            raise ConnectionResetError("Connection lost")
+
+
+class _Socket:
+    def __init__(self, gone: BaseException | None = None, messages: list[dict[str, Any]] | None = None) -> None:
+        self.gone, self.messages = gone, messages or []
+
+    async def send_bytes(self, _: bytes) -> None:
+        if self.gone is not None:
+            raise self.gone
+
+    async def receive(self) -> dict[str, Any]:
+        return self.messages.pop(0) if self.messages else {"type": "websocket.disconnect"}
+
+
+def _broker(ws: _Socket) -> Any:
+    from deepops_infra.server.sessions import Broker
+
+    broker = Broker.__new__(Broker)  # the pumps use only the socket and the byte counts
+    broker.ws, broker.sent, broker.received = ws, 0, 0
+    return broker
+
+
+@pytest.mark.parametrize("gone", ["disconnect", "oserror"])
+def test_a_client_gone_mid_write_is_a_normal_end(gone: str) -> None:
+    import asyncio
+    import types
+
+    from starlette.websockets import WebSocketDisconnect
+
+    error = WebSocketDisconnect(1006) if gone == "disconnect" else ConnectionResetError("peer went away")
+    proc = types.SimpleNamespace(stdout=_Pipe([b"x" * 10]))
+    assert asyncio.run(_broker(_Socket(error)).downstream(proc)) == (1000, "the client closed the session")
+
+
+def test_a_machine_side_that_ended_first_is_a_normal_end() -> None:
+    import asyncio
+    import types
+
+    proc = types.SimpleNamespace(stdin=_Pipe(broken=True))
+    ws = _Socket(messages=[{"type": "websocket.receive", "bytes": b"bye"}])
+    assert asyncio.run(_broker(ws).upstream(proc)) == (1000, "the session ended")

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Query, Request, Response, WebSocket
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketDisconnect
 
 from deepops_infra.errors import DeepopsError, NotFoundError, UserError
 from deepops_infra.ledger import store
@@ -276,7 +277,7 @@ class Broker:
             task.cancel()
         try:
             code, reason = next(iter(done)).result()
-        except Exception as exc:  # the client went away mid-write, the process broke a pipe
+        except Exception as exc:  # something else broke: say what
             code, reason = 1011, f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(Exception):
             await self.ws.close(code=code if code != 1006 else 1000, reason=reason[:120])
@@ -293,8 +294,11 @@ class Broker:
             data = message.get("bytes") or b""
             if data:
                 self.received += len(data)
-                proc.stdin.write(data)
-                await proc.stdin.drain()
+                try:
+                    proc.stdin.write(data)
+                    await proc.stdin.drain()
+                except (BrokenPipeError, ConnectionResetError):  # the machine's side ended first
+                    return 1000, "the session ended"
 
     async def downstream(self, proc: Any) -> tuple[int, str]:
         while True:
@@ -302,7 +306,10 @@ class Broker:
             if not data:
                 return 1000, "the session ended"
             self.sent += len(data)
-            await self.ws.send_bytes(data)
+            try:
+                await self.ws.send_bytes(data)
+            except (WebSocketDisconnect, OSError):  # the client went away mid-write: a normal end
+                return 1000, "the client closed the session"
 
     async def watch(self, token: str) -> tuple[int, str]:
         while True:
