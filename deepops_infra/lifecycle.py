@@ -325,15 +325,14 @@ class Lifecycle:
             if states.can_transition(row.status, states.FAILED):
                 store.transition(session, row, states.FAILED, reason)
                 machine.status, machine.status_reason = states.FAILED, reason
-        if not teardown:
-            with self.ledger.write() as session:
-                row = store.find_machine(session, machine.id)
+            if not teardown:  # in the same transaction: no reaper cycle sees it failed and not kept
                 store.add_event(
                     session,
                     row,
                     "kept",
                     f"kept for debugging (--keep-on-failure); end it with `deepops down {machine.id} --yes`",
                 )
+        if not teardown:
             return
         try:
             with self.progress.step(f"tearing down {machine.id}"):
