@@ -178,14 +178,16 @@ def test_busy_survives_idle_is_warned_then_reaped_and_ttl_holds_while_busy(sqlit
 def test_dead_man_switch_ends_a_lease_whose_control_plane_is_gone(sqlite_deepops):
     deepops = sqlite_deepops
     deepops.write_config(CONFIG.format(checkin="3s"))
-    [lease] = up_many(deepops, ["--ttl", "30m", "--idle-timeout", "5s"])
+    # The idle timeout leaves time for the `deepops ssh` below on a loaded machine: at load 10 one
+    # took more than 5 s, and the switch ended the lease under the session that was starting.
+    [lease] = up_many(deepops, ["--ttl", "30m", "--idle-timeout", "30s"])
     background = "setsid sleep 600 >/dev/null 2>&1 & echo $!"
     started = deepops.run("ssh", lease["id"], "--", "sh", "-c", background, check=True)
     sleeper = int(started.stdout.strip())
     status_file = deepops.home / "workspaces" / lease["id"] / ".deepops/agent/status.json"
-    # no reaper runs: idle 5 s and no check-in for 3 s, and the agent ends the lease by itself
+    # no reaper runs: idle 30 s and no check-in for 3 s, and the agent ends the lease by itself
     status = wait_for(
-        lambda: (s := json.loads(status_file.read_text())).get("ended") and s, 60, what="the dead-man switch"
+        lambda: (s := json.loads(status_file.read_text())).get("ended") and s, 180, what="the dead-man switch"
     )
     assert "no control-plane check-in" in status["ended"]["reason"]
     wait_for(lambda: lease_pids(lease["id"]) == [], 15, what="the lease's processes to end")
