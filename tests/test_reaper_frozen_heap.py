@@ -1,5 +1,5 @@
 """A reaper cycle keeps the process's earlier objects out of the garbage collector's passes while it
-runs, collects young objects less often (reaper/cycle.py _frozen_heap), and always gives both back,
+runs, collects young objects less often (reaper/heap.py), and always gives both back,
 also when the cycle fails."""
 
 import gc
@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from deepops_infra.reaper.cycle import YOUNG_THRESHOLD, Reaper, _frozen_heap
+from deepops_infra.reaper.cycle import Reaper
+from deepops_infra.reaper.heap import YOUNG_THRESHOLD, cycle_heap
 
 
 def test_a_cycle_runs_with_the_earlier_heap_frozen_and_unfreezes_it() -> None:
@@ -22,7 +23,7 @@ def test_a_cycle_runs_with_the_earlier_heap_frozen_and_unfreezes_it() -> None:
 
 
 def test_a_failing_cycle_unfreezes_too() -> None:
-    with pytest.raises(RuntimeError), _frozen_heap():
+    with pytest.raises(RuntimeError), cycle_heap():
         frozen = gc.get_freeze_count()
         made = [[] for _ in range(100)]  # what the cycle makes is collected as usual, not frozen
         assert frozen > 0 and gc.get_freeze_count() == frozen and gc.is_tracked(made)
@@ -32,7 +33,7 @@ def test_a_failing_cycle_unfreezes_too() -> None:
 
 def test_cycles_overlapping_in_threads_give_the_defaults_back_once_the_last_ends() -> None:
     before = gc.get_threshold()
-    first, second = _frozen_heap(), _frozen_heap()
+    first, second = cycle_heap(), cycle_heap()
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)  # the first ends while the second still runs: settings stay

@@ -24,12 +24,9 @@ per-machine lock (reaper/lock.py) and a re-read of the row under it make two rea
 machine exactly once. Every action is an event with its reason.
 """
 
-import gc
-import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,6 +46,7 @@ from deepops_infra.lifecycle import Lifecycle
 from deepops_infra.progress import QuietProgress
 from deepops_infra.providers.base import Provider, Resource, ResourceBusy, Utilization
 from deepops_infra.reaper import guards
+from deepops_infra.reaper.heap import cycle_heap
 from deepops_infra.reaper.lock import MachineLocks
 from deepops_infra.reaper.policy import LIVE_STATES, SETUP_STATES, Due, MachineFacts, evaluate
 from deepops_infra.reaper.settings import ReaperSettings
@@ -68,37 +66,6 @@ PRIORITY = {
     "orphan": 8,
 }
 GHOST_STATES = (states.READY, states.IDLE, states.TERMINATING, states.FAILED)
-YOUNG_THRESHOLD = 50_000  # see _frozen_heap
-_HEAP_LOCK = threading.Lock()
-_HEAP_HELD: list[Any] = []  # the thresholds before the first cycle in, then one entry per cycle running
-
-
-@contextmanager
-def _frozen_heap() -> Iterator[None]:
-    """Keep what the process held before the cycle out of the garbage collector's passes during it.
-
-    A cycle over 10,000 instances allocates enough to run the collector's oldest generation several
-    times, and each pass walks every object of the process (SDK service models, the ORM, a server's
-    app): frozen, a dry run over 10,000 instances took 1.7 s less CPU (8.6 s -> 6.9 s,
-    tests/benchmarks/bench_reaper.py). Frozen objects are only skipped by the passes, not leaked: they
-    go back into the oldest generation when the cycle ends, and what the cycle makes is collected as
-    usual. Young collections also run less often during a cycle (every YOUNG_THRESHOLD new container
-    objects instead of 700): each one also walks what the cycle keeps (the listing, the ledger's
-    rows), and a cycle's cyclic garbage is small; the default comes back when the cycle ends."""
-    with _HEAP_LOCK:  # cycles in threads of one process: the first in sets, the last out restores
-        if not _HEAP_HELD:
-            _HEAP_HELD.append(gc.get_threshold())
-            gc.freeze()
-            gc.set_threshold(max(_HEAP_HELD[0][0], YOUNG_THRESHOLD), *_HEAP_HELD[0][1:])
-        _HEAP_HELD.append(None)
-    try:
-        yield
-    finally:
-        with _HEAP_LOCK:
-            _HEAP_HELD.pop()
-            if len(_HEAP_HELD) == 1:
-                gc.set_threshold(*_HEAP_HELD.pop())
-                gc.unfreeze()
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -229,7 +196,7 @@ class Reaper:
     # -- the cycle ----------------------------------------------------------------------------
 
     def run(self, dry_run: bool = False) -> Report:
-        with _frozen_heap():
+        with cycle_heap():
             return self._cycle(dry_run)
 
     def _cycle(self, dry_run: bool) -> Report:

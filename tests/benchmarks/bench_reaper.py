@@ -8,7 +8,7 @@
    API calls by operation, next to the bare boto3 listing of the same instances (the same
    paginated, filtered DescribeInstances; goal: the cycle's CPU <= 1.2x the listing's). The garbage
    collector's share of each is shown, and the listing again with the process's earlier objects
-   frozen and young collections less often, as a cycle runs (reaper/cycle.py _frozen_heap): next to
+   frozen and young collections less often, as a cycle runs (reaper/heap.py): next to
    that one, the cycle's figure is the reaper's own work alone.
    Discovery is paginated (100 per page) and filtered server-side, so
    DescribeInstances calls grow with pages, not instances; `--managed` of them have live ledger
@@ -69,6 +69,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 2) if whole else None
 
 
 def cpu_seconds() -> float:
@@ -214,13 +218,13 @@ def bench_aws_dry_run(
         gc.callbacks.append(gc_time)
         bare_wall, bare_cpu, listed = bare_listing(clients, regions, inst)
         bare_gc = gc_time.total
-        # The same listing under the collector settings a cycle runs with (reaper/cycle.py
-        # _frozen_heap: the earlier heap frozen, young collections less often): the floor that
-        # compares the reaper's own work alone.
-        from deepops_infra.reaper.cycle import _frozen_heap
+        # The same listing under the collector settings a cycle runs with (reaper/heap.py: the
+        # earlier heap frozen, young collections less often): the floor that compares the reaper's
+        # own work alone.
+        from deepops_infra.reaper.heap import cycle_heap
 
-        with _frozen_heap():
-            _, bare_frozen_cpu, _ = bare_listing(clients, regions, inst)
+        with cycle_heap():
+            _, bare_as_cycle_cpu, _ = bare_listing(clients, regions, inst)
         gc_before_cycle = gc_time.total
         calls.clear()  # the cycle's own calls only
         reaper = Reaper(settings, ledger, {"aws": provider})
@@ -257,17 +261,15 @@ def bench_aws_dry_run(
             "bare_listing_wall_seconds": round(bare_wall, 2),
             "bare_listing_cpu_seconds": round(bare_cpu, 2),
             "bare_listing_gc_cpu_seconds": round(bare_gc, 2),  # the collector's passes, part of the CPU above
-            "bare_listing_as_a_cycle_runs_cpu_seconds": round(bare_frozen_cpu, 2),
+            "bare_listing_as_a_cycle_runs_cpu_seconds": round(bare_as_cycle_cpu, 2),
             "cycle_wall_seconds": round(wall, 2),
             "cycle_cpu_seconds": round(cpu, 2),
             "cycle_gc_cpu_seconds": round(cycle_gc, 2),
-            "cycle_cpu_over_bare_listing": round(cpu / bare_cpu, 2) if bare_cpu else None,
-            "cycle_cpu_over_bare_listing_as_a_cycle_runs": round(cpu / bare_frozen_cpu, 2) if bare_frozen_cpu else None,
+            "cycle_cpu_over_bare_listing": ratio(cpu, bare_cpu),
+            "cycle_cpu_over_bare_listing_as_a_cycle_runs": ratio(cpu, bare_as_cycle_cpu),
             "second_cycle_cpu_seconds": round(again, 2),
-            "second_cycle_cpu_over_bare_listing": round(again / bare_cpu, 2) if bare_cpu else None,
-            "second_cycle_cpu_over_bare_listing_as_a_cycle_runs": (
-                round(again / bare_frozen_cpu, 2) if bare_frozen_cpu else None
-            ),
+            "second_cycle_cpu_over_bare_listing": ratio(again, bare_cpu),
+            "second_cycle_cpu_over_bare_listing_as_a_cycle_runs": ratio(again, bare_as_cycle_cpu),
             "goal_cpu_ratio": GOAL_CPU_RATIO,
             "load_1min": round(os.getloadavg()[0], 2),
             "api_calls": dict(sorted(first_calls.items())),  # of the first cycle
